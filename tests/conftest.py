@@ -1,0 +1,28 @@
+"""Shared fixtures: the real BraTS cases, which on CI must be present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+BRATS_DIR = REPO.parent / "shared" / "data" / "brats2018"
+
+
+def require_brats() -> Path:
+    """The shared BraTS 2018 folder; a failure on CI, a skip elsewhere, if missing."""
+    if BRATS_DIR.is_dir() and any(BRATS_DIR.iterdir()):
+        return BRATS_DIR
+    message = f"real BraTS cases not found at {BRATS_DIR}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def brats_dir() -> Path:
+    return require_brats()

@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Train the Isensee et al. 2017 3D U-Net on a BraTS folder (or synthetic data).
+
+Examples:
+    python train.py --data /data/MICCAI_BraTS_2020_TrainingData --out runs/exp1
+    python train.py --config configs/demo.yaml --out runs/demo
+    python train.py --out runs/exp1 --resume
+    tensorboard --logdir runs/exp1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Quieten TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from unet3d.config import TrainConfig, load_config_file  # noqa: E402
+from unet3d.errors import InputError  # noqa: E402
+
+# CLI option -> TrainConfig (or ModelConfig) field
+OVERRIDES = {
+    "data": "data", "out": "out", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
+    "patch_size": "patch_size", "batch_size": "batch_size", "base_filters": "base_filters",
+    "depth": "depth", "learning_rate": "learning_rate", "val_fraction": "val_fraction",
+    "folds": "folds", "fold": "fold", "seed": "seed", "workers": "workers",
+    "mixed_precision": "mixed_precision", "output_mode": "output_mode", "loss": "loss",
+    "cache_dir": "cache_dir", "label_convention": "label_convention",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train a 3D U-Net (Isensee et al. 2017) for brain tumor segmentation.")
+    parser.add_argument("--data", help="BraTS folder of case folders (default: synthetic data)")
+    parser.add_argument("--out", help="run directory (default: runs/exp)")
+    parser.add_argument("--config", help="JSON or YAML file of TrainConfig options")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
+                        help="one size for a cube or three sizes D H W")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--base-filters", type=int)
+    parser.add_argument("--depth", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--val-fraction", type=float)
+    parser.add_argument("--folds", type=int)
+    parser.add_argument("--fold", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workers", type=int, help="PyDataset loader threads")
+    parser.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--output-mode", choices=("regions", "labels"))
+    parser.add_argument("--loss", choices=("dice", "dice_ce"))
+    parser.add_argument("--label-convention", help="brats2017 (default), brats2023 or msd")
+    parser.add_argument("--cache-dir", help="preprocessed cache (default ~/.cache/unet3d)")
+    parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last completed epoch")
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < --config file < command-line options."""
+    values = load_config_file(args.config) if args.config else {}
+    config = TrainConfig.from_dict(values, source=args.config or "config")
+    changes = {field: getattr(args, opt) for opt, field in OVERRIDES.items()
+               if getattr(args, opt) is not None}
+    if "patch_size" in changes:
+        sizes = changes["patch_size"]
+        if len(sizes) not in (1, 3):
+            raise InputError(f"--patch-size takes one or three sizes, got {len(sizes)}")
+        changes["patch_size"] = tuple(sizes * 3 if len(sizes) == 1 else sizes)
+    if args.no_augment:
+        changes["augment"] = False
+    return config.replace(**changes) if changes else config
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.resume:
+            from pathlib import Path
+
+            from unet3d.training import load_resume_config
+
+            if not args.out:
+                raise InputError("--resume needs --out, the run directory to continue")
+            if not (Path(args.out) / "config.json").is_file():
+                raise InputError(f"--resume: {args.out} holds no config.json to resume from")
+            config = load_resume_config(Path(args.out), epochs=args.epochs)
+        else:
+            config = build_config(args)
+        from unet3d.training import train
+
+        train(config, resume=args.resume)
+    except InputError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train.py: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""The training run behind ``train.py``: data, model, callbacks and outputs.
+
+A run directory holds ``config.json`` (the resolved :class:`TrainConfig`),
+``split.json`` (the seeded train/validation split), ``best.keras`` (best
+validation mean Dice), ``last.keras`` and ``state.json`` (what ``--resume``
+needs), ``log.csv`` and TensorBoard logs under ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unet3d.config import TrainConfig
+from unet3d.errors import InputError
+from unet3d.fileio import atomic_write_text
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: Path of the run directory.
+        val_dice: dict region -> validation Dice of ``best.keras``
+            (``WT``, ``TC``, ``ET``, ``mean``).
+        history: dict metric -> list of per-epoch values (this session).
+        best_epoch: int or None. 1-based epoch of ``best.keras``.
+        seconds: float. Wall time of the run.
+    """
+
+    run_dir: Path
+    val_dice: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+    seconds: float = 0.0
+
+
+def default_cache_root() -> Path:
+    """``$UNET3D_CACHE`` or ``~/.cache/unet3d``."""
+    env = os.environ.get("UNET3D_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "unet3d"
+
+
+@contextlib.contextmanager
+def precision_policy(mode: str):
+    """Sets Keras' global dtype policy for the duration of a run, then restores it."""
+    import keras
+
+    names = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(names[mode])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _check_precision(mode: str) -> None:
+    if mode != "fp16":
+        return
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        raise InputError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or off")
+
+
+def resolve_data(config: TrainConfig, cache_root: Path, log=print) -> Path:
+    """The BraTS folder to train on; writes the synthetic dataset when ``data`` is None."""
+    if config.data is not None:
+        return Path(config.data)
+    from data_generators.synthetic import write_synthetic_dataset
+
+    shape = "x".join(map(str, config.synthetic_shape))
+    folder = cache_root / "synthetic" / f"n{config.synthetic_cases}_{shape}_seed{config.seed}"
+    log(f"synthetic dataset: {config.synthetic_cases} cases of {shape} in {folder}")
+    write_synthetic_dataset(folder, n_cases=config.synthetic_cases,
+                            shape=config.synthetic_shape, seed=config.seed)
+    return folder
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+    """Creates the run directory; refuses to overwrite an earlier run unless resuming."""
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir}: exists and is not a directory")
+    if resume:
+        if not (run_dir / "last.keras").is_file():
+            raise InputError(f"--resume: {run_dir} holds no last.keras to resume from")
+        return run_dir
+    if (run_dir / "last.keras").exists() or (run_dir / "config.json").exists():
+        raise InputError(
+            f"--out {run_dir}: holds an earlier run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"--out {run_dir}: cannot write there ({err.strerror})") from None
+    return run_dir
+
+
+def load_resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
+    """The config saved in ``run_dir``, optionally with more epochs."""
+    values = json.loads((run_dir / "config.json").read_text())
+    config = TrainConfig.from_dict(values, source=str(run_dir / "config.json"))
+    return config.replace(epochs=epochs) if epochs else config
+
+
+def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
+    """Trains the 3D U-Net as ``config`` says and returns the validation Dice.
+
+    Args:
+        config: TrainConfig. The whole run.
+        resume: bool, default False. Continue the run in ``config.out`` from
+            its last completed epoch (optimizer state, learning-rate schedule
+            position, epoch counter and TensorBoard step).
+        log: callable, default print. Where progress lines go.
+
+    Raises:
+        InputError: for unusable data, options or output folder.
+    """
+    start = time.time()
+    _check_precision(config.mixed_precision)
+    run_dir = prepare_run_dir(config, resume)
+
+    from data_generators.dataset import split_cases
+    from data_generators.io import find_cases
+    from data_generators.preprocessing import PreprocessedCache
+
+    cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
+    data_dir = resolve_data(config, cache_root, log=log)
+    cases = find_cases(data_dir, modalities=config.modalities, require_label=True)
+    by_id = {case.case_id: case for case in cases}
+    if resume and (run_dir / "split.json").is_file():
+        split = json.loads((run_dir / "split.json").read_text())
+        train_ids, val_ids = split["train"], split["validation"]
+    else:
+        train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.seed,
+                                         config.folds, config.fold)
+    missing = sorted(set(train_ids + val_ids) - set(by_id))
+    if missing:
+        raise InputError(f"{data_dir}: cases of the saved split are missing: {', '.join(missing)}")
+
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    cache = PreprocessedCache(cache_root / "preprocessed" / f"{data_dir.name}-{digest}")
+    log(f"preprocessing {len(cases)} cases (cached in {cache.root})")
+    train_cases = [cache.get(by_id[i], config.label_convention) for i in train_ids]
+    val_cases = [cache.get(by_id[i], config.label_convention) for i in val_ids]
+
+    if not resume:
+        config.save(run_dir / "config.json")
+        split = {"seed": config.seed, "folds": config.folds, "fold": config.fold,
+                 "val_fraction": config.val_fraction, "train": train_ids,
+                 "validation": val_ids}
+        atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2) + "\n")
+
+    with precision_policy(config.mixed_precision):
+        return _fit(config, run_dir, train_cases, val_cases, resume, start, log)
+
+
+def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainResult:
+    import keras
+
+    from data_generators.augmentation import AugmentationConfig
+    from data_generators.dataset import BratsPatchDataset, ValidationPatchDataset
+    from unet3d.callbacks import RunCheckpoint, ValidationImage, read_state
+    from unet3d.losses import make_loss
+    from unet3d.metrics import region_metrics
+    from unet3d.model import build_unet3d
+
+    keras.utils.set_random_seed(config.seed)
+    mode = config.model.output_mode
+    train_data = BratsPatchDataset(
+        train_cases, patch_size=config.patch_size, batch_size=config.batch_size,
+        steps_per_epoch=config.steps_per_epoch, output_mode=mode,
+        foreground_fraction=config.foreground_fraction,
+        augmentation=AugmentationConfig() if config.augment else None, seed=config.seed,
+        workers=config.workers, use_multiprocessing=config.use_multiprocessing,
+        max_queue_size=config.max_queue_size,
+    )
+    val_data = ValidationPatchDataset(
+        val_cases, patch_size=config.patch_size, batch_size=config.batch_size,
+        patches_per_case=config.val_patches_per_case, output_mode=mode, seed=config.seed,
+    )
+
+    state = read_state(run_dir) if resume else {}
+    initial_epoch = int(state.get("epoch", 0))
+    if resume:
+        model = keras.models.load_model(run_dir / "last.keras", safe_mode=True)
+        log(f"resuming {run_dir} after epoch {initial_epoch}")
+    else:
+        model = build_unet3d(config.model)
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=make_loss(config.loss, mode),
+            metrics=region_metrics(mode),
+        )
+    train_data.set_epoch(initial_epoch)
+    log(f"model {model.name}: {model.count_params():,} parameters, "
+        f"{len(train_cases)} training / {len(val_cases)} validation cases")
+
+    lr0, decay = config.learning_rate, config.lr_decay
+    tensorboard_dir = run_dir / "tensorboard"
+    checkpoint = RunCheckpoint(run_dir, best_score=state.get("best_score") or float("-inf"))
+    checkpoint.best_epoch = state.get("best_epoch")
+    callbacks = [
+        keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=resume),
+        keras.callbacks.TensorBoard(str(tensorboard_dir), update_freq="epoch",
+                                    write_graph=False),
+        ValidationImage(tensorboard_dir, val_data.patch(0), output_mode=mode),
+        checkpoint,
+    ]
+    history = {}
+    if initial_epoch < config.epochs:
+        fitted = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                           initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+        history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
+
+    best = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+    scores = best.evaluate(val_data, verbose=0, return_dict=True)
+    val_dice = {name: float(scores[f"dice_{name.lower()}"]) for name in ("WT", "TC", "ET", "mean")}
+    result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
+                         best_epoch=checkpoint.best_epoch, seconds=time.time() - start)
+    log("validation Dice (best.keras, epoch {}): WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}"
+        .format(result.best_epoch, val_dice["WT"], val_dice["TC"], val_dice["ET"],
+                val_dice["mean"]))
+    log(f"TensorBoard logs: {tensorboard_dir}  (tensorboard --logdir {run_dir})")
+    log(f"finished in {result.seconds / 60:.1f} min")
+    return result
