@@ -17,8 +17,8 @@ import sys
 # Quieten TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from unet3d.config import TrainConfig, load_config_file  # noqa: E402
-from unet3d.errors import InputError  # noqa: E402
+from unet3d.config import TrainConfig, load_config_file
+from unet3d.errors import InputError
 
 # CLI option -> TrainConfig (or ModelConfig) field
 OVERRIDES = {

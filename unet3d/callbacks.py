@@ -75,8 +75,8 @@ class ValidationImage(keras.callbacks.Callback):
 
     Args:
         log_dir: str or Path. Summaries go to ``<log_dir>/images``.
-        patch: tuple (x, y) of one validation patch, `(1, D, H, W, C)` and
-            `(1, D, H, W, 3)` regions.
+        patch: tuple (x, y) of one validation patch, `(D, H, W, C)` and its
+            target `(D, H, W, K)`, with or without a batch axis of 1.
         output_mode: str. How to turn predictions into regions.
         channel: int, default -1. The modality shown (FLAIR by default).
     """
@@ -84,7 +84,10 @@ class ValidationImage(keras.callbacks.Callback):
     def __init__(self, log_dir, patch, output_mode: str = "regions", channel: int = -1):
         super().__init__()
         self.log_dir = Path(log_dir)
-        self.x, self.y = patch
+        x, y = patch
+        # a single patch `(D, H, W, C)` gets its batch axis
+        self.x = x[None] if x.ndim == 4 else x
+        self.y = y[None] if y.ndim == 4 else y
         self.output_mode = output_mode
         self.channel = channel
         self._writer = None
@@ -96,7 +99,7 @@ class ValidationImage(keras.callbacks.Callback):
 
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir / "images"))
-        pred = self.model.predict(self.x, verbose=0)
+        pred = self.model(self.x, training=False)
         pred = keras.ops.convert_to_numpy(predicted_regions(pred, self.output_mode))[0]
         true = keras.ops.convert_to_numpy(target_regions(self.y, self.output_mode))[0]
         z = int(np.argmax(true[..., 0].sum(axis=(0, 1)))) if true[..., 0].any() \

@@ -217,7 +217,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             values = yaml.safe_load(text)
         else:
             values = json.loads(text)
-    except Exception as err:  # noqa: BLE001 - any parse error is a bad file
+    except Exception as err:  # any parse error means a bad file
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputError(f"{path}: not a valid config file ({first})") from None
     if not isinstance(values, dict):

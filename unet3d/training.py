@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +172,7 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
     import keras
 
     from data_generators.augmentation import AugmentationConfig
-    from data_generators.dataset import BratsPatchDataset, ValidationPatchDataset
+    from data_generators.dataset import BratsPatchDataset, EpochSync, ValidationPatchDataset
     from unet3d.callbacks import RunCheckpoint, ValidationImage, read_state
     from unet3d.losses import make_loss
     from unet3d.metrics import region_metrics
@@ -204,7 +205,6 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
             loss=make_loss(config.loss, mode),
             metrics=region_metrics(mode),
         )
-    train_data.set_epoch(initial_epoch)
     log(f"model {model.name}: {model.count_params():,} parameters, "
         f"{len(train_cases)} training / {len(val_cases)} validation cases")
 
@@ -213,6 +213,7 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
     checkpoint = RunCheckpoint(run_dir, best_score=state.get("best_score") or float("-inf"))
     checkpoint.best_epoch = state.get("best_epoch")
     callbacks = [
+        EpochSync(train_data),  # patches depend on (seed, epoch, index) only
         keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=resume),
         keras.callbacks.TensorBoard(str(tensorboard_dir), update_freq="epoch",
@@ -223,7 +224,8 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
     history = {}
     if initial_epoch < config.epochs:
         fitted = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                           initial_epoch=initial_epoch, callbacks=callbacks, verbose=2)
+                           initial_epoch=initial_epoch, callbacks=callbacks,
+                           verbose=1 if sys.stdout.isatty() else 2)
         history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
 
     best = keras.models.load_model(run_dir / "best.keras", safe_mode=True)

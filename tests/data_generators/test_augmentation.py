@@ -1,0 +1,155 @@
+"""Tests for data_generators.augmentation.extract_patch."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from data_generators.augmentation import AugmentationConfig, _elastic_field, extract_patch
+
+NO_AUG = AugmentationConfig(p_rotation=0, p_scale=0, p_elastic=0, p_mirror=0, p_gamma=0,
+                            p_brightness=0, p_contrast=0)
+SPATIAL_ONLY = AugmentationConfig(p_rotation=1, p_scale=1, p_elastic=1, p_gamma=0,
+                                  p_brightness=0, p_contrast=0)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    """Blobby label 0..3 and an image whose channels are functions of it."""
+    rng = np.random.default_rng(1)
+    smooth = ndimage.gaussian_filter(rng.standard_normal((40, 44, 36)), 3)
+    label = np.digitize(smooth, np.quantile(smooth, [0.4, 0.6, 0.8])).astype(np.uint8)
+    image = np.stack([label * 10.0, label * 10.0 + 1.0], axis=-1).astype(np.float32)
+    return image, label
+
+
+def test_plain_patch_is_a_slice(volume):
+    image, label = volume
+    img, lbl = extract_patch(image, label, (20, 21, 18), (8, 10, 6))
+    assert img.dtype == np.float32 and lbl.dtype == np.uint8
+    assert img.shape == (8, 10, 6, 2) and lbl.shape == (8, 10, 6)
+    assert np.array_equal(img, image[16:24, 16:26, 15:21])
+    assert np.array_equal(lbl, label[16:24, 16:26, 15:21])
+    # a config that draws nothing gives the same patch
+    img2, lbl2 = extract_patch(image, label, (20, 21, 18), (8, 10, 6),
+                               np.random.default_rng(0), NO_AUG)
+    assert np.array_equal(img2, img) and np.array_equal(lbl2, lbl)
+
+
+def test_padding_at_borders(volume):
+    image, label = volume
+    img, lbl = extract_patch(image, label + 1, (0, 43, 2), (6, 6, 6))
+    # covers x -3..2, y 40..45, z -1..4
+    assert np.all(img[:3] == 0) and np.all(lbl[:3] == 0)
+    assert np.all(img[:, 4:] == 0) and np.all(lbl[:, 4:] == 0)
+    assert np.all(img[:, :, :1] == 0) and np.all(lbl[:, :, :1] == 0)
+    assert np.array_equal(img[3:, :4, 1:], image[0:3, 40:44, 0:5])
+    assert np.all(lbl[3:, :4, 1:] >= 1)
+    far, far_lbl = extract_patch(image, label, (200, 200, 200), (4, 4, 4))
+    assert not far.any() and not far_lbl.any()
+
+
+def test_spatial_transform_keeps_image_and_label_aligned(volume):
+    image, label = volume
+    for seed in range(4):
+        img, lbl = extract_patch(image, label, (20, 22, 18), (24, 24, 24),
+                                 np.random.default_rng(seed), SPATIAL_ONLY, order=0)
+        assert np.array_equal(img[..., 0], lbl * 10.0)
+        assert np.array_equal(img[..., 1][lbl > 0], lbl[lbl > 0] * 10.0 + 1.0)
+        plain, _ = extract_patch(image, label, (20, 22, 18), (24, 24, 24))
+        assert not np.array_equal(img, plain)  # it did transform
+
+
+def test_linear_interpolation_mostly_agrees_with_label(volume):
+    image, label = volume
+    img, lbl = extract_patch(image, label, (20, 22, 18), (24, 24, 24),
+                             np.random.default_rng(3), SPATIAL_ONLY, order=1)
+    agree = np.mean(np.round(img[..., 0] / 10.0) == lbl)
+    assert agree > 0.9
+
+
+def test_rotation_keeps_centre_and_scale_sets_step():
+    ramp = np.broadcast_to(np.arange(64, dtype=np.float32)[:, None, None, None],
+                           (64, 64, 64, 1)).copy()
+    rotate = AugmentationConfig(p_rotation=1, p_scale=0, p_elastic=0, p_mirror=0, p_gamma=0,
+                                p_brightness=0, p_contrast=0)
+    img, _ = extract_patch(ramp, None, (30, 32, 31), (9, 9, 9), np.random.default_rng(0), rotate)
+    assert img[4, 4, 4, 0] == pytest.approx(30.0, abs=1e-4)
+    scale = AugmentationConfig(p_rotation=0, p_scale=1, p_elastic=0, p_mirror=0, p_gamma=0,
+                               p_brightness=0, p_contrast=0)
+    steps = []
+    for seed in range(3):
+        img, _ = extract_patch(ramp, None, (30, 32, 31), (9, 9, 9),
+                               np.random.default_rng(seed), scale)
+        step = np.diff(img[:, 4, 4, 0])
+        assert np.allclose(step, step[0], atol=1e-3)  # a uniform zoom along x
+        assert 0.75 <= step[0] <= 1.25
+        steps.append(step[0])
+    assert max(abs(s - 1.0) for s in steps) > 1e-3
+
+
+def test_mirroring_flips_image_and_label(volume):
+    image, label = volume
+    mirror = AugmentationConfig(p_rotation=0, p_scale=0, p_elastic=0, p_mirror=1.0,
+                                mirror_axes=(0, 2), p_gamma=0, p_brightness=0, p_contrast=0)
+    img, lbl = extract_patch(image, label, (20, 22, 18), (8, 9, 10),
+                             np.random.default_rng(0), mirror)
+    plain, plain_lbl = extract_patch(image, label, (20, 22, 18), (8, 9, 10))
+    assert np.array_equal(img, plain[::-1, :, ::-1])
+    assert np.array_equal(lbl, plain_lbl[::-1, :, ::-1])
+
+
+def test_same_seed_same_patch_different_seed_differs(volume):
+    image, label = volume
+    cfg = AugmentationConfig(p_rotation=1.0)
+    a = extract_patch(image, label, (20, 22, 18), (16, 16, 16), np.random.default_rng(7), cfg)
+    b = extract_patch(image, label, (20, 22, 18), (16, 16, 16), np.random.default_rng(7), cfg)
+    c = extract_patch(image, label, (20, 22, 18), (16, 16, 16), np.random.default_rng(8), cfg)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_intensity_transforms():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-2, 3, (10, 10, 10, 3)).astype(np.float32)
+    gamma = AugmentationConfig(p_rotation=0, p_scale=0, p_elastic=0, p_mirror=0, p_gamma=1,
+                               p_brightness=0, p_contrast=0)
+    img, _ = extract_patch(image, None, (5, 5, 5), (10, 10, 10), np.random.default_rng(1), gamma)
+    for c in range(3):  # gamma keeps the range and the order of values
+        assert img[..., c].min() == pytest.approx(image[..., c].min(), abs=1e-5)
+        assert img[..., c].max() == pytest.approx(image[..., c].max(), abs=1e-5)
+        flat, ref = img[..., c].ravel(), image[..., c].ravel()
+        assert np.array_equal(np.argsort(flat, kind="stable"), np.argsort(ref, kind="stable"))
+    assert not np.allclose(img, image)
+    bright = AugmentationConfig(p_rotation=0, p_scale=0, p_elastic=0, p_mirror=0, p_gamma=0,
+                                p_brightness=1, p_contrast=0)
+    img, _ = extract_patch(image, None, (5, 5, 5), (10, 10, 10), np.random.default_rng(2), bright)
+    for c in range(3):
+        ratio = img[..., c] / image[..., c]
+        assert np.allclose(ratio, ratio.flat[0], rtol=1e-5)
+        assert 0.75 <= ratio.flat[0] <= 1.25
+
+
+def test_elastic_field_magnitude():
+    field = _elastic_field((32, 32, 32), 3.0, 10.0, np.random.default_rng(0))
+    assert field.shape == (3, 32, 32, 32)
+    assert 1.5 < field.std() < 4.5
+    # smooth: neighbouring voxels move almost together
+    assert np.abs(np.diff(field, axis=1)).mean() < 0.2 * np.abs(field).mean()
+
+
+def test_speed_of_large_patches():
+    image = np.random.default_rng(0).standard_normal((150, 170, 140, 4)).astype(np.float32)
+    label = np.zeros(image.shape[:3], np.uint8)
+    start = time.perf_counter()
+    extract_patch(image, label, (75, 85, 70), (128, 128, 128))
+    plain = time.perf_counter() - start
+    start = time.perf_counter()
+    extract_patch(image, label, (75, 85, 70), (128, 128, 128), np.random.default_rng(0),
+                  AugmentationConfig(p_rotation=1, p_elastic=1))
+    spatial = time.perf_counter() - start
+    assert plain < 1.0
+    assert spatial < 5.0

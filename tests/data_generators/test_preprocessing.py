@@ -1,0 +1,171 @@
+"""Tests for data_generators.preprocessing: cropping, z-scoring and the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from dg_helpers import save_nifti
+
+from data_generators.io import find_case, load_case
+from data_generators.preprocessing import (
+    MAX_FOREGROUND,
+    PreprocessedCache,
+    brain_bbox,
+    crop,
+    foreground_coords,
+    preprocess_case,
+    uncrop,
+    zscore_in_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def loaded(real_case):
+    return load_case(real_case)
+
+
+def test_real_case_loads(loaded):
+    image, label, props = loaded
+    assert image.shape == (240, 240, 155, 4) and image.dtype == np.float32
+    assert label.dtype == np.uint8 and set(np.unique(label).tolist()) <= {0, 1, 2, 3}
+    assert props["original_shape"] == [240, 240, 155]
+    assert props["spacing"] == [1.0, 1.0, 1.0]
+
+
+def test_crop_box_contains_brain_and_tumor(loaded):
+    image, label, _ = loaded
+    box = brain_bbox(image)
+    inside = np.zeros(label.shape, bool)
+    inside[tuple(slice(lo, hi) for lo, hi in box)] = True
+    assert not label[~inside].any()
+    assert not image[~inside].any()
+    nonzero = (image != 0).any(axis=-1)
+    for axis, (lo, hi) in enumerate(box):  # tight: first and last slices hold brain
+        assert np.take(nonzero, lo, axis=axis).any()
+        assert np.take(nonzero, hi - 1, axis=axis).any()
+    assert box[0][1] - box[0][0] < 240  # it does crop something
+
+
+def test_uncrop_restores_raw_volume(loaded):
+    image, label, _ = loaded
+    box = brain_bbox(image)
+    assert np.array_equal(uncrop(crop(image, box), box, image.shape[:3]), image)
+    assert np.array_equal(uncrop(crop(label, box), box, label.shape), label)
+
+
+def test_preprocess_real_case_zscores_brain(loaded):
+    image, label, _ = loaded
+    out, lab, box = preprocess_case(image, label)
+    assert out.dtype == np.float32 and lab.dtype == np.uint8
+    assert out.shape[:3] == tuple(hi - lo for lo, hi in box)
+    mask = (crop(image, box) != 0).any(axis=-1)
+    for c in range(4):
+        values = out[..., c][mask].astype(np.float64)
+        assert abs(values.mean()) < 1e-3
+        assert abs(values.std() - 1.0) < 1e-3
+        assert np.all(out[..., c][~mask] == 0)
+    assert int((lab > 0).sum()) == int((label > 0).sum())
+
+
+def test_brain_bbox_small():
+    image = np.zeros((6, 7, 8, 2))
+    image[1, 2, 3, 0] = 1
+    image[4, 5, 6, 1] = -2
+    assert brain_bbox(image) == ((1, 5), (2, 6), (3, 7))
+    assert brain_bbox(image[..., 0]) == ((1, 2), (2, 3), (3, 4))
+    with pytest.raises(ValueError, match="all zero"):
+        brain_bbox(np.zeros((3, 3, 3, 1)))
+
+
+def test_uncrop_fill_and_channels():
+    box = ((1, 3), (0, 2), (2, 3))
+    out = uncrop(np.ones((2, 2, 1, 3)), box, (4, 2, 5), fill=-1)
+    assert out.shape == (4, 2, 5, 3)
+    assert out.sum() == 2 * 2 * 1 * 3 - (4 * 2 * 5 - 4) * 3
+
+
+def test_zscore_in_mask_known_numbers():
+    image = np.zeros((2, 2, 1, 2), np.float32)
+    image[..., 0] = np.array([[1, 2], [3, 100]]).reshape(2, 2, 1)
+    image[..., 1] = 5.0
+    mask = np.array([[True, True], [True, False]]).reshape(2, 2, 1)
+    out = zscore_in_mask(image, mask)
+    # mask values 1, 2, 3: mean 2, population std sqrt(2/3)
+    expected = np.array([-1.0, 0.0, 1.0]) / np.sqrt(2.0 / 3.0)
+    assert np.allclose(out[..., 0][mask], expected, atol=1e-6)
+    assert out[1, 1, 0, 0] == 0  # outside the mask
+    assert np.all(out[..., 1] == 0)  # constant channel: only centred
+
+
+def test_foreground_coords_subsample():
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[:30] = 2
+    coords = foreground_coords(label)
+    assert coords.shape == (MAX_FOREGROUND, 3) and coords.dtype == np.int32
+    assert np.all(label[tuple(coords.T)] > 0)
+    assert np.array_equal(coords, foreground_coords(label))  # fixed seed
+    assert foreground_coords(None).shape == (0, 3)
+
+
+def test_cache_real_case(tmp_path, real_case, loaded):
+    messages = []
+    cache = PreprocessedCache(tmp_path / "cache", log=messages.append)
+    case = cache.get(real_case)
+    assert cache.builds == 1 and messages == [f"caching case {real_case.case_id}"]
+    assert isinstance(case.image, np.memmap) and isinstance(case.label, np.memmap)
+    assert case.image.dtype == np.float32 and case.label.dtype == np.uint8
+    image, label, _ = loaded
+    box = brain_bbox(image)
+    assert [tuple(b) for b in case.properties["crop_box"]] == list(box)
+    assert np.array_equal(case.label, crop(label, box))
+    assert np.all(case.label[tuple(case.foreground.T)] > 0)
+    assert len(case.foreground) == min(MAX_FOREGROUND, int((label > 0).sum()))
+    json.dumps(case.properties)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [real_case.case_id]
+
+
+def test_cache_reuse_and_rebuild(tmp_path, make_case):
+    folder = make_case(shape=(12, 12, 12))
+    seg = np.zeros((12, 12, 12), np.int16)
+    seg[3:6, 3:6, 3:6] = 2
+    seg[4, 4, 4] = 1  # valid in both the 2017 and 2023 conventions
+    save_nifti(folder / "Case_001_seg.nii.gz", seg)
+    source = find_case(folder)
+    root = tmp_path / "cache"
+    first = PreprocessedCache(root)
+    case = first.get(source)
+    props_file = root / source.case_id / "properties.json"
+    stamp = props_file.stat().st_mtime_ns
+    second = PreprocessedCache(root)
+    again = second.get(source)
+    assert second.builds == 0 and props_file.stat().st_mtime_ns == stamp
+    assert isinstance(again.image, np.memmap)
+    assert np.array_equal(np.asarray(again.image), np.asarray(case.image))
+
+    # a touched source file invalidates the cache
+    path = source.images[2]
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    third = PreprocessedCache(root)
+    third.get(source)
+    assert third.builds == 1
+    # so does another label convention
+    third.get(source, label_convention="brats2023")
+    assert third.builds == 2
+    third.get(source, label_convention="2024")  # alias of the same convention
+    assert third.builds == 2
+    # and a damaged cache folder
+    (root / source.case_id / "image.npy").unlink()
+    third.get(source, label_convention="brats2023")
+    assert third.builds == 3
+    assert sorted(p.name for p in root.iterdir()) == [source.case_id]  # no temp folders
+
+
+def test_cache_case_without_label(tmp_path, make_case):
+    source = find_case(make_case(shape=(10, 10, 10), with_label=False))
+    case = PreprocessedCache(tmp_path / "cache").get(source)
+    assert case.label is None and case.foreground.shape == (0, 3)
+    assert case.image.shape == (8, 8, 8, 4)
