@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from unet3d.config import TrainConfig
 from unet3d.errors import InputError
 from unet3d.fileio import atomic_write_text
+from unet3d.labels import REGIONS
 
 
 @dataclass
@@ -28,8 +31,9 @@ class TrainResult:
 
     Attributes:
         run_dir: Path of the run directory.
-        val_dice: dict region -> validation Dice of ``best.keras``
-            (``WT``, ``TC``, ``ET``, ``mean``).
+        val_dice: dict region -> Dice of ``best.keras`` on the whole
+            validation volumes, averaged over cases (``WT``, ``TC``, ``ET``,
+            ``mean``); per case in ``validation.json``.
         history: dict metric -> list of per-epoch values (this session).
         best_epoch: int or None. 1-based epoch of ``best.keras``.
         seconds: float. Wall time of the run.
@@ -168,6 +172,24 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         return _fit(config, run_dir, train_cases, val_cases, resume, start, log)
 
 
+def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
+    """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
+    from unet3d.evaluation import region_dice
+    from unet3d.inference import predict_volume
+    from unet3d.labels import classes_to_regions
+
+    scores = {}
+    for case in cases:
+        probs = predict_volume(model, case.image, stride)
+        if output_mode == "regions":
+            pred = probs > 0.5
+        else:
+            pred = classes_to_regions(np.argmax(probs, axis=-1)).astype(bool)
+        truth = classes_to_regions(np.asarray(case.label)).astype(bool)
+        scores[case.case_id] = dict(zip(REGIONS, region_dice(pred, truth), strict=True))
+    return scores
+
+
 def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainResult:
     import keras
 
@@ -229,13 +251,17 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
         history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
 
     best = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
-    scores = best.evaluate(val_data, verbose=0, return_dict=True)
-    val_dice = {name: float(scores[f"dice_{name.lower()}"]) for name in ("WT", "TC", "ET", "mean")}
+    per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
+    atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
+    val_dice = {region: float(np.mean([c[region] for c in per_case.values()]))
+                for region in REGIONS}
+    val_dice["mean"] = float(np.mean([val_dice[r] for r in REGIONS]))
     result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
                          best_epoch=checkpoint.best_epoch, seconds=time.time() - start)
-    log("validation Dice (best.keras, epoch {}): WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}"
-        .format(result.best_epoch, val_dice["WT"], val_dice["TC"], val_dice["ET"],
-                val_dice["mean"]))
+    log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
+        "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
+            len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"], val_dice["ET"],
+            val_dice["mean"]))
     log(f"TensorBoard logs: {tensorboard_dir}  (tensorboard --logdir {run_dir})")
     log(f"finished in {result.seconds / 60:.1f} min")
     return result

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -139,17 +137,3 @@ def test_elastic_field_magnitude():
     assert 1.5 < field.std() < 4.5
     # smooth: neighbouring voxels move almost together
     assert np.abs(np.diff(field, axis=1)).mean() < 0.2 * np.abs(field).mean()
-
-
-def test_speed_of_large_patches():
-    image = np.random.default_rng(0).standard_normal((150, 170, 140, 4)).astype(np.float32)
-    label = np.zeros(image.shape[:3], np.uint8)
-    start = time.perf_counter()
-    extract_patch(image, label, (75, 85, 70), (128, 128, 128))
-    plain = time.perf_counter() - start
-    start = time.perf_counter()
-    extract_patch(image, label, (75, 85, 70), (128, 128, 128), np.random.default_rng(0),
-                  AugmentationConfig(p_rotation=1, p_elastic=1))
-    spatial = time.perf_counter() - start
-    assert plain < 1.0
-    assert spatial < 5.0
