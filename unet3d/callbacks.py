@@ -9,7 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from unet3d.fileio import atomic_path, atomic_write_text
+from unet3d.fileio import atomic_write_text
+from unet3d.saving import save_model
 
 STATE_FILE = "state.json"
 
@@ -29,11 +30,14 @@ class RunCheckpoint(keras.callbacks.Callback):
         run_dir: str or Path. The run directory.
         monitor: str, default "val_dice_mean". Higher is better.
         best_score: float, default -inf. Best score so far (when resuming).
+        config: dict or None. The run's TrainConfig, embedded in each file.
     """
 
-    def __init__(self, run_dir, monitor: str = "val_dice_mean", best_score: float = -math.inf):
+    def __init__(self, run_dir, monitor: str = "val_dice_mean", best_score: float = -math.inf,
+                 config: dict | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.config = config
         self.monitor = monitor
         self.best_score = best_score
         self.best_epoch: int | None = None
@@ -44,10 +48,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         if score is not None and float(score) > self.best_score:
             self.best_score = float(score)
             self.best_epoch = epoch + 1
-            with atomic_path(self.run_dir / "best.keras") as tmp:
-                self.model.save(tmp)
-        with atomic_path(self.run_dir / "last.keras") as tmp:
-            self.model.save(tmp)
+            save_model(self.model, self.run_dir / "best.keras", self.config)
+        save_model(self.model, self.run_dir / "last.keras", self.config)
         state = {"epoch": epoch + 1, "monitor": self.monitor, "best_score": self.best_score,
                  "best_epoch": self.best_epoch}
         atomic_write_text(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")

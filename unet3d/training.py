@@ -175,12 +175,13 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
 def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
     """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
     from unet3d.evaluation import region_dice
-    from unet3d.inference import predict_volume
+    from unet3d.inference import keras_predict_fn, predict_whole
     from unet3d.labels import classes_to_regions
 
     scores = {}
+    predict_fn = keras_predict_fn(model)
     for case in cases:
-        probs = predict_volume(model, case.image, stride)
+        probs = predict_whole(predict_fn, np.asarray(case.image), stride)
         if output_mode == "regions":
             pred = probs > 0.5
         else:
@@ -199,6 +200,7 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
     from unet3d.losses import make_loss
     from unet3d.metrics import region_metrics
     from unet3d.model import build_unet3d
+    from unet3d.saving import load_model
 
     keras.utils.set_random_seed(config.seed)
     mode = config.model.output_mode
@@ -218,7 +220,7 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
     state = read_state(run_dir) if resume else {}
     initial_epoch = int(state.get("epoch", 0))
     if resume:
-        model = keras.models.load_model(run_dir / "last.keras", safe_mode=True)
+        model = load_model(run_dir / "last.keras", compile=True)
         log(f"resuming {run_dir} after epoch {initial_epoch}")
     else:
         model = build_unet3d(config.model)
@@ -232,7 +234,8 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
 
     lr0, decay = config.learning_rate, config.lr_decay
     tensorboard_dir = run_dir / "tensorboard"
-    checkpoint = RunCheckpoint(run_dir, best_score=state.get("best_score") or float("-inf"))
+    checkpoint = RunCheckpoint(run_dir, best_score=state.get("best_score") or float("-inf"),
+                               config=config.to_dict())
     checkpoint.best_epoch = state.get("best_epoch")
     callbacks = [
         EpochSync(train_data),  # patches depend on (seed, epoch, index) only
@@ -250,7 +253,7 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
                            verbose=1 if sys.stdout.isatty() else 2)
         history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
 
-    best = keras.models.load_model(run_dir / "best.keras", safe_mode=True)
+    best = load_model(run_dir / "best.keras")
     per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
     atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
     val_dice = {region: float(np.mean([c[region] for c in per_case.values()]))

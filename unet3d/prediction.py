@@ -1,0 +1,211 @@
+"""End-to-end prediction of one case: files in, a NIfTI label map in the input's space out."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet3d.errors import InputError
+from unet3d.fileio import atomic_write_text
+from unet3d.labels import (
+    CLASSES,
+    REGIONS,
+    classes_to_labels,
+    regions_to_classes,
+    resolve_convention,
+)
+
+NIFTI_SUFFIX = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Options of ``predict.py`` that shape the output.
+
+    Args:
+        labels: str, default "brats2017". Label convention of the written map.
+        tta: bool, default False. Mirroring test-time augmentation.
+        mode: str, default "auto". ``whole``, ``sliding`` or ``auto``.
+        patch_size: tuple of int or None. Sliding window; None: the model's
+            training patch size.
+        overlap: float, default 0.5.
+        postprocess: bool, default True. Relabel a small enhancing tumor as
+            necrosis (Isensee et al., BraTS 2018).
+        et_min_voxels: int, default 500. Threshold of that post-processing.
+        preview: bool, default False. Write a PNG montage.
+        mesh: str or None. ``stl`` or ``obj``: a surface mesh per region.
+        overwrite: bool, default False. Replace existing outputs.
+        max_memory_gb: float, default 4.0. Above this, ``auto`` slides.
+    """
+
+    labels: str = "brats2017"
+    tta: bool = False
+    mode: str = "auto"
+    patch_size: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    postprocess: bool = True
+    et_min_voxels: int = 500
+    preview: bool = False
+    mesh: str | None = None
+    overwrite: bool = False
+    max_memory_gb: float = 4.0
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, and what its training config says about inputs."""
+
+    path: Path
+    predict_fn: Any
+    modalities: tuple[str, ...]
+    output_mode: str
+    stride: int
+    base_filters: int
+    patch_size: tuple[int, int, int]
+    label_convention: str
+
+
+def load_for_inference(path: str | Path) -> LoadedModel:
+    """Loads a ``.keras`` model and its training config (embedded, or beside it).
+
+    Raises:
+        InputError: the file is not a model, has no config, or its input
+            channels disagree with the configured modalities.
+    """
+    from unet3d.config import TrainConfig
+    from unet3d.inference import keras_predict_fn
+    from unet3d.saving import load_model, read_model_config
+
+    path = Path(path)
+    model = load_model(path)
+    values = read_model_config(path)
+    if values is None:
+        raise InputError(f"{path}: holds no unet3d config and there is no config.json beside "
+                         "it; the modality order cannot be known")
+    config = TrainConfig.from_dict(values, source=f"{path} config")
+    channels = model.input_shape[-1]
+    if channels != len(config.modalities):
+        raise InputError(f"{path}: the model takes {channels} input channels but its config "
+                         f"lists {len(config.modalities)} modalities {list(config.modalities)}")
+    if model.output_shape[-1] != config.model.out_channels:
+        raise InputError(f"{path}: the model has {model.output_shape[-1]} outputs but its config "
+                         f"says output mode {config.model.output_mode!r}")
+    return LoadedModel(path=path, predict_fn=keras_predict_fn(model),
+                       modalities=tuple(config.modalities), output_mode=config.model.output_mode,
+                       stride=config.model.stride, base_filters=config.model.base_filters,
+                       patch_size=tuple(config.patch_size),
+                       label_convention=config.label_convention)
+
+
+def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
+    """Model output `(X, Y, Z, K)` -> class indices (ET > TC > WT nesting for regions)."""
+    if output_mode == "regions":
+        return regions_to_classes(probs)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def suppress_small_enhancing(classes: np.ndarray, min_voxels: int) -> tuple[np.ndarray, bool]:
+    """Isensee et al.'s BraTS 2018 rule: fewer than ``min_voxels`` ET voxels become necrosis."""
+    enhancing = classes == CLASSES.index("enhancing")
+    count = int(enhancing.sum())
+    if 0 < count < min_voxels:
+        classes = classes.copy()
+        classes[enhancing] = CLASSES.index("necrosis")
+        return classes, True
+    return classes, False
+
+
+def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict[str, Path]:
+    """Every file written for one case, keyed by kind."""
+    paths = {"segmentation": out_dir / f"{case_id}{NIFTI_SUFFIX}",
+             "report": out_dir / f"{case_id}.json"}
+    if settings.preview:
+        paths["preview"] = out_dir / f"{case_id}_preview.png"
+    if settings.mesh:
+        for region in REGIONS:
+            paths[f"mesh_{region}"] = out_dir / f"{case_id}_{region}.{settings.mesh}"
+    return paths
+
+
+def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
+                 settings: PredictSettings) -> dict[str, Any]:
+    """Segments one case folder and writes its outputs; returns the JSON report.
+
+    Steps: find and load the modalities in the model's order, crop to the
+    brain and z-score (as in training), predict, turn regions into labels,
+    post-process, un-crop into the original grid and write the label map
+    with the T1's header and affine. Every file is written atomically.
+
+    Raises:
+        InputError: unusable input files, or outputs that exist without
+            ``overwrite``.
+    """
+    from data_generators.io import find_case, load_case, save_segmentation
+    from data_generators.preprocessing import preprocess_case, uncrop
+    from unet3d.inference import Predictor
+    from unet3d.report import preview_montage, region_mesh, region_volumes, write_mesh
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    case = find_case(Path(case_dir), modalities=model.modalities, require_label=False)
+    paths = output_paths(out_dir, case.case_id, settings)
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not settings.overwrite:
+        raise InputError(f"{existing[0]}: exists; pass --overwrite to replace it")
+    image, _, properties = load_case(case)
+    try:
+        cropped, _, box = preprocess_case(image, None)
+    except ValueError as err:
+        raise InputError(f"{case.images[0]}: {err}") from None
+    loaded = time.perf_counter()
+
+    predictor = Predictor(model.predict_fn, stride=model.stride,
+                          patch_size=tuple(settings.patch_size or model.patch_size),
+                          overlap=settings.overlap, mode=settings.mode, tta=settings.tta,
+                          base_filters=model.base_filters, max_memory_gb=settings.max_memory_gb)
+    mode = predictor.resolved_mode(cropped.shape)
+    probs = predictor(cropped)
+    classes = probabilities_to_classes(probs, model.output_mode)
+    relabelled = False
+    if settings.postprocess:
+        classes, relabelled = suppress_small_enhancing(classes, settings.et_min_voxels)
+    full = uncrop(classes, box, properties["original_shape"])
+    network = time.perf_counter()
+
+    labels = classes_to_labels(full, resolve_convention(settings.labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_segmentation(labels, properties, paths["segmentation"])
+    if settings.preview:
+        flair = model.modalities.index("flair") if "flair" in model.modalities else -1
+        preview_montage(image[..., flair], full, paths["preview"])
+    if settings.mesh:
+        affine = np.asarray(properties["affine"])
+        from unet3d.labels import classes_to_regions
+
+        regions = classes_to_regions(full)
+        for index, region in enumerate(REGIONS):
+            verts, faces = region_mesh(regions[..., index], affine)
+            write_mesh(verts, faces, paths[f"mesh_{region}"])
+    written = time.perf_counter()
+
+    report = {
+        "case_id": case.case_id,
+        "inputs": [str(p) for p in case.images],
+        "segmentation": str(paths["segmentation"]),
+        "label_convention": resolve_convention(settings.labels),
+        "spacing_mm": properties["spacing"],
+        "volumes": region_volumes(full, properties["spacing"]),
+        "small_enhancing_relabelled": relabelled,
+        "model": {"path": str(model.path), "modalities": list(model.modalities),
+                  "output_mode": model.output_mode},
+        "settings": {**asdict(settings), "resolved_mode": mode},
+        "runtime_s": {"load_preprocess": loaded - start, "network": network - loaded,
+                      "write": written - network, "total": written - start},
+    }
+    atomic_write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+    return report
