@@ -8,6 +8,7 @@ Contribution to the BRATS 2017 Challenge", arXiv:1802.10508.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
 from unet3d.config import ModelConfig
@@ -20,7 +21,8 @@ from unet3d.layers import (
 )
 
 
-def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017") -> keras.Model:
+def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
+                 spatial_shape: tuple[int, int, int] | None = None) -> keras.Model:
     """Builds (never compiles) the 3D U-Net.
 
     Encoder: a 3x3x3 conv to ``base_filters``, then per level a stride-2
@@ -35,6 +37,7 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017") -
     Args:
         config: ModelConfig or None (the paper's defaults).
         name: str, default "isensee2017". The model's name.
+        spatial_shape: (D, H, W) or None (default: open, any divisible size).
 
     Returns:
         keras.Model mapping `(B, D, H, W, in_channels)` to
@@ -43,7 +46,8 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017") -
     """
     config = config or ModelConfig()
     kw = {"norm": config.norm, "slope": config.leaky_slope, "l2": config.l2}
-    inputs = keras.Input(shape=(None, None, None, config.in_channels), name="image")
+    spatial = tuple(spatial_shape) if spatial_shape else (None, None, None)
+    inputs = keras.Input(shape=(*spatial, config.in_channels), name="image")
 
     skips = []
     x = inputs
@@ -76,3 +80,19 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017") -
     activation = "sigmoid" if config.output_mode == "regions" else "softmax"
     outputs = layers.Activation(activation, dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name=name)
+
+
+def conv_flops(model: keras.Model) -> int:
+    """Floating-point operations (2 per multiply-add) of every Conv3D in one forward pass.
+
+    ``model`` must have a static spatial input shape (``build_unet3d(...,
+    spatial_shape=...)``). Normalisation, activations and additions are left
+    out: they are a small fraction of the work.
+    """
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv3D):
+            out_voxels = int(np.prod(layer.output.shape[1:4]))
+            cin = layer.input.shape[-1]
+            total += 2 * out_voxels * int(np.prod(layer.kernel_size)) * cin * layer.filters
+    return total

@@ -101,3 +101,21 @@ def test_mixed_precision_keeps_float32_output():
     y = model(np.zeros((1, 8, 8, 8, 4), np.float32))
     assert keras.backend.standardize_dtype(y.dtype) == "float32"
     assert model.get_layer("enc0_conv").compute_dtype == "bfloat16"
+
+
+def test_conv_flops_by_hand():
+    from unet3d.model import conv_flops
+
+    cfg = ModelConfig(in_channels=4, base_filters=2, depth=2, segmentation_levels=1,
+                      output_mode="regions")
+    model = build_unet3d(cfg, spatial_shape=(8, 8, 8))
+    full, half = 8**3, 4**3  # voxels at level 0 and level 1
+    macs = (full * 27 * 4 * 2          # enc0 conv 4 -> 2
+            + 2 * full * 27 * 2 * 2    # enc0 context, two 2 -> 2
+            + half * 27 * 2 * 4        # enc1 stride-2 conv 2 -> 4
+            + 2 * half * 27 * 4 * 4    # enc1 context
+            + full * 27 * 4 * 2        # dec0 upsampling conv 4 -> 2
+            + full * 27 * 4 * 2        # dec0 localization 3x3x3, 4 -> 2
+            + full * 2 * 2             # dec0 localization 1x1x1
+            + full * 2 * 3)            # segmentation 1x1x1, 2 -> 3
+    assert conv_flops(model) == 2 * macs

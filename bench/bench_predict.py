@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Full-case prediction on a real BraTS case: where the time and memory go.
+
+For the default network (base 16, depth 5; untrained weights: timing does not
+depend on them) on 2 CPU cores, each configuration runs in its own process
+(fp32 / mixed_bfloat16, without / with mirroring TTA) and reports the wall
+time from files to written NIfTI split into load + preprocess, network and
+write, and the process's peak memory. The network time is compared with the
+time the convolutions' FLOPs would take at numpy's measured float32
+matrix-multiply peak.
+
+Usage:
+    python bench/bench_predict.py [--case ../shared/data/brats2018/Brats18_CBICA_AOZ_1]
+        [--base-filters 16] [--depth 5] [--no-tta] [--bf16-tta]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats2018" / "Brats18_CBICA_AOZ_1"
+
+
+def matmul_peak_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """Best-of-``repeats`` float32 matrix-multiply rate of numpy, in GFLOP/s."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One configuration, in its own process: prints a JSON line."""
+    import keras
+
+    from unet3d.inference import keras_predict_fn
+    from unet3d.model import build_unet3d
+    from unet3d.prediction import PredictSettings, load_for_inference, predict_case
+
+    model = load_for_inference(args.model)
+    if args.precision == "bf16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        fp32 = keras.models.load_model(args.model, safe_mode=True, compile=False)
+        from unet3d.config import ModelConfig
+
+        cfg = ModelConfig(base_filters=args.base_filters, depth=args.depth)
+        bf16 = build_unet3d(cfg)
+        bf16.set_weights(fp32.get_weights())
+        model.predict_fn = keras_predict_fn(bf16)
+    settings = PredictSettings(tta=args.tta, overwrite=True, max_memory_gb=8.0)
+    report = predict_case(args.case, args.out, model, settings)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"runtime": report["runtime_s"], "mode": report["settings"]["resolved_mode"],
+                      "peak_gb": peak_kb / 2**20}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default=str(DEFAULT_CASE))
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--bf16-tta", action="store_true", help="also bf16 with TTA (slow)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+
+    from data_generators.io import find_case, load_case
+    from data_generators.preprocessing import preprocess_case
+    from unet3d.config import ModelConfig, TrainConfig
+    from unet3d.model import build_unet3d, conv_flops
+    from unet3d.saving import save_model
+
+    config = TrainConfig(model=ModelConfig(base_filters=args.base_filters, depth=args.depth))
+    image, _, props = load_case(find_case(args.case))
+    cropped, _, _ = preprocess_case(image, None)
+    padded = tuple(s + (-s % config.model.stride) for s in cropped.shape[:3])
+    flops = conv_flops(build_unet3d(config.model, spatial_shape=padded))
+    peak = matmul_peak_gflops()
+    print(f"case {Path(args.case).name}: {tuple(props['original_shape'])}, cropped to "
+          f"{cropped.shape[:3]}, padded to {padded}")
+    print(f"network: base {args.base_filters}, depth {args.depth}; convolutions "
+          f"{flops / 1e9:.0f} GFLOP per pass; numpy float32 matmul peak {peak:.0f} GFLOP/s "
+          f"-> ideal {flops / peak / 1e9:.2f} s per pass")
+
+    configs = [("fp32", False), ("bf16", False)]
+    if not args.no_tta:
+        configs.insert(1, ("fp32", True))
+    if args.bf16_tta:  # TF's CPU bf16 3D convolutions are slow: 8 passes take long
+        configs.append(("bf16", True))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = save_model(build_unet3d(config.model), Path(tmp) / "model.keras",
+                                config.to_dict())
+        print(f"{'precision':9} {'TTA':4} {'mode':6} {'load+prep':>9} {'network':>8} "
+              f"{'write':>6} {'total':>7} {'net/ideal':>9} {'peak GB':>7}")
+        for precision, tta in configs:
+            cmd = [sys.executable, __file__, "--worker", "--model", str(model_path),
+                   "--case", args.case, "--out", str(Path(tmp) / "out"),
+                   "--precision", precision, "--base-filters", str(args.base_filters),
+                   "--depth", str(args.depth)] + (["--tta"] if tta else [])
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                print(f"{precision} tta={tta}: failed\n{proc.stderr[-2000:]}")
+                continue
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            rt = result["runtime"]
+            passes = 8 if tta else 1
+            ratio = rt["network"] / (passes * flops / peak / 1e9)
+            print(f"{precision:9} {'yes' if tta else 'no':4} {result['mode']:6} "
+                  f"{rt['load_preprocess']:8.2f}s {rt['network']:7.2f}s {rt['write']:5.2f}s "
+                  f"{rt['total']:6.2f}s {ratio:8.2f}x {result['peak_gb']:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
