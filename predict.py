@@ -24,8 +24,9 @@ from unet3d.errors import InputError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Segment brain tumors (BraTS layout) with a trained 3D U-Net.")
-    parser.add_argument("--model", required=True, help="a .keras model (its run's config inside "
-                        "or config.json beside it)")
+    parser.add_argument("--model", required=True,
+                        help="a .keras model (its run's config inside or config.json beside "
+                             "it) or an exported LiteRT .tflite (its .tflite.json beside it)")
     parser.add_argument("--input", required=True,
                         help="a case folder (four modalities) or a folder of case folders")
     parser.add_argument("--out", required=True, help="output folder")
@@ -48,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mesh", choices=("stl", "obj"), help="surface mesh per region (mm)")
     parser.add_argument("--gt", help="ground-truth folder: score the predictions (CSV + table)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads")
     return parser.parse_args(argv)
 
 
@@ -76,7 +78,7 @@ def settings_from_args(args: argparse.Namespace):
                            overlap=args.overlap, postprocess=not args.no_postprocess,
                            et_min_voxels=args.et_threshold, preview=args.preview,
                            mesh=args.mesh, overwrite=args.overwrite,
-                           max_memory_gb=args.max_memory_gb)
+                           max_memory_gb=args.max_memory_gb, threads=args.threads)
 
 
 def check_out_dir(out: Path) -> None:
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.patch_size and len(args.patch_size) not in (1, 3):
         raise InputError("--patch-size takes one or three sizes")
     check_out_dir(out)
-    model = load_for_inference(args.model)
+    model = load_for_inference(args.model, threads=settings.threads)
     if settings.patch_size and any(p % model.stride for p in settings.patch_size):
         raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "
                          f"network's stride {model.stride}")

@@ -5,6 +5,10 @@ Examples:
     python train.py --data /data/MICCAI_BraTS_2020_TrainingData --out runs/exp1
     python train.py --config configs/demo.yaml --out runs/demo
     python train.py --out runs/exp1 --resume
+    python train.py --data /data/brats --out runs/exp2 --strategy mirrored --batch-size 4
+    TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                "task": {"type": "worker", "index": 0}}' \
+        python train.py --data /data/brats --out runs/exp3 --strategy multiworker
     tensorboard --logdir runs/exp1
 """
 
@@ -28,6 +32,7 @@ OVERRIDES = {
     "folds": "folds", "fold": "fold", "seed": "seed", "workers": "workers",
     "mixed_precision": "mixed_precision", "output_mode": "output_mode", "loss": "loss",
     "cache_dir": "cache_dir", "label_convention": "label_convention",
+    "strategy": "strategy",
 }
 
 
@@ -41,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
                         help="one size for a cube or three sizes D H W")
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int,
+                        help="global batch, split evenly over the replicas")
     parser.add_argument("--base-filters", type=int)
     parser.add_argument("--depth", type=int)
     parser.add_argument("--learning-rate", type=float)
@@ -56,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-convention", help="brats2017 (default), brats2023 or msd")
     parser.add_argument("--cache-dir", help="preprocessed cache (default ~/.cache/unet3d)")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
+                        help="default: one device; mirrored: all local GPUs (or logical "
+                             "CPU devices); multiworker: the workers of $TF_CONFIG")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch")
     return parser.parse_args(argv)
@@ -90,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             if not (Path(args.out) / "config.json").is_file():
                 raise InputError(f"--resume: {args.out} holds no config.json to resume from")
             config = load_resume_config(Path(args.out), epochs=args.epochs)
+            if args.strategy is not None:  # resuming on other hardware is fine
+                config = config.replace(strategy=args.strategy)
         else:
             config = build_config(args)
         from unet3d.training import train

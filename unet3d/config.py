@@ -20,6 +20,7 @@ OUTPUT_MODES = ("regions", "labels")
 NORMS = ("instance", "none")
 MIXED_PRECISION = ("off", "bf16", "fp16")
 LOSSES = ("dice", "dice_ce")
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class TrainConfig:
         seed: seeds the split, patch sampling and augmentation.
         workers, use_multiprocessing, max_queue_size: PyDataset loading.
         mixed_precision: "off", "bf16" or "fp16".
+        strategy: "default" (one device), "mirrored" (all local GPUs, or
+            all logical CPU devices) or "multiworker" (the workers of
+            ``TF_CONFIG``); ``batch_size`` and ``learning_rate`` are global.
         cache_dir: preprocessed cache; None: ``<out>/../.cache`` for real
             data, beside the synthetic data otherwise.
         synthetic_cases, synthetic_shape: the generated dataset when
@@ -130,6 +134,7 @@ class TrainConfig:
     use_multiprocessing: bool = False
     max_queue_size: int = 8
     mixed_precision: str = "off"
+    strategy: str = "default"
     cache_dir: str | None = None
     synthetic_cases: int = 12
     synthetic_shape: tuple[int, int, int] = (96, 96, 80)
@@ -158,6 +163,7 @@ class TrainConfig:
         if self.learning_rate <= 0 or not 0 < self.lr_decay <= 1:
             raise InputError("--learning-rate must be > 0 and lr_decay in (0, 1]")
         _choice(self, "mixed_precision", MIXED_PRECISION)
+        _choice(self, "strategy", STRATEGIES)
         _choice(self, "loss", LOSSES)
         try:
             resolve_convention(self.label_convention)

@@ -39,6 +39,7 @@ class PredictSettings:
         et_min_voxels: int, default 500. Threshold of that post-processing.
         preview: bool, default False. Write a PNG montage.
         mesh: str or None. ``stl`` or ``obj``: a surface mesh per region.
+        threads: int, default 2. LiteRT interpreter threads.
         overwrite: bool, default False. Replace existing outputs.
         max_memory_gb: float, default 4.0. Above this, ``auto`` slides.
     """
@@ -54,6 +55,7 @@ class PredictSettings:
     mesh: str | None = None
     overwrite: bool = False
     max_memory_gb: float = 4.0
+    threads: int = 2
 
 
 @dataclass
@@ -68,10 +70,18 @@ class LoadedModel:
     base_filters: int
     patch_size: tuple[int, int, int]
     label_convention: str
+    fixed_window: bool = False  # LiteRT files take exactly one window size
 
 
-def load_for_inference(path: str | Path) -> LoadedModel:
-    """Loads a ``.keras`` model and its training config (embedded, or beside it).
+def load_for_inference(path: str | Path, threads: int = 2) -> LoadedModel:
+    """Loads a ``.keras`` or LiteRT ``.tflite`` model and its training config.
+
+    The config is embedded in a ``.keras`` file (or in ``config.json``
+    beside it); an exported ``.tflite`` keeps it in ``<file>.json`` beside.
+
+    Args:
+        path: str or Path of the model.
+        threads: int, default 2. LiteRT interpreter threads.
 
     Raises:
         InputError: the file is not a model, has no config, or its input
@@ -82,6 +92,8 @@ def load_for_inference(path: str | Path) -> LoadedModel:
     from unet3d.saving import load_model, read_model_config
 
     path = Path(path)
+    if path.suffix.lower() == ".tflite":
+        return _load_litert(path, threads)
     model = load_model(path)
     values = read_model_config(path)
     if values is None:
@@ -100,6 +112,27 @@ def load_for_inference(path: str | Path) -> LoadedModel:
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(config.patch_size),
                        label_convention=config.label_convention)
+
+
+def _load_litert(path: Path, threads: int) -> LoadedModel:
+    from unet3d.config import TrainConfig
+    from unet3d.litert import LiteRTModel, report_path
+
+    if threads <= 0:
+        raise InputError(f"--threads must be a positive integer, got {threads}")
+    runner = LiteRTModel(path, threads=threads)
+    if runner.config is None:
+        raise InputError(f"{path}: no {report_path(path).name} beside it; the modality order "
+                         "cannot be known (re-export with python -m unet3d.export)")
+    config = TrainConfig.from_dict(runner.config, source=f"{report_path(path)} config")
+    if runner.channels != len(config.modalities):
+        raise InputError(f"{path}: the model takes {runner.channels} input channels but its "
+                         f"config lists {len(config.modalities)} modalities")
+    return LoadedModel(path=path, predict_fn=runner.predict_fn,
+                       modalities=tuple(config.modalities), output_mode=config.model.output_mode,
+                       stride=config.model.stride, base_filters=config.model.base_filters,
+                       patch_size=tuple(runner.window), label_convention=config.label_convention,
+                       fixed_window=True)
 
 
 def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
@@ -164,9 +197,15 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         raise InputError(f"{case.images[0]}: {err}") from None
     loaded = time.perf_counter()
 
-    predictor = Predictor(model.predict_fn, stride=model.stride,
-                          patch_size=tuple(settings.patch_size or model.patch_size),
-                          overlap=settings.overlap, mode=settings.mode, tta=settings.tta,
+    patch_size = tuple(settings.patch_size or model.patch_size)
+    mode = settings.mode
+    if model.fixed_window:
+        if patch_size != tuple(model.patch_size):
+            raise InputError(f"{model.path}: takes {model.patch_size} windows only, not "
+                             f"--patch-size {patch_size}")
+        mode = "sliding"
+    predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=patch_size,
+                          overlap=settings.overlap, mode=mode, tta=settings.tta,
                           base_filters=model.base_filters, max_memory_gb=settings.max_memory_gb)
     mode = predictor.resolved_mode(cropped.shape)
     probs = predictor(cropped)

@@ -4,6 +4,10 @@ A run directory holds ``config.json`` (the resolved :class:`TrainConfig`),
 ``split.json`` (the seeded train/validation split), ``best.keras`` (best
 validation mean Dice), ``last.keras`` and ``state.json`` (what ``--resume``
 needs), ``log.csv`` and TensorBoard logs under ``tensorboard/``.
+
+With ``strategy`` ``mirrored`` or ``multiworker`` (see :mod:`unet3d.distribute`)
+the model is built and compiled inside the strategy's scope, ``batch_size``
+is the global batch, and only the chief writes the run directory.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +42,9 @@ class TrainResult:
         history: dict metric -> list of per-epoch values (this session).
         best_epoch: int or None. 1-based epoch of ``best.keras``.
         seconds: float. Wall time of the run.
+        model: keras.Model or None. The trained model (last epoch's weights).
+        is_chief: bool. False on the workers of a multi-worker run that do
+            not write ``run_dir``; their ``val_dice`` is empty.
     """
 
     run_dir: Path
@@ -44,6 +52,8 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int | None = None
     seconds: float = 0.0
+    model: Any = field(default=None, repr=False, compare=False)
+    is_chief: bool = True
 
 
 def default_cache_root() -> Path:
@@ -133,9 +143,22 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     Raises:
         InputError: for unusable data, options or output folder.
     """
+    from unet3d.distribute import check_batch_size, make_distribution
+
     start = time.time()
+    # multi-worker collectives must be set up before TensorFlow runs any op
+    dist = make_distribution(config.strategy)
+    check_batch_size(config.batch_size, dist)
     _check_precision(config.mixed_precision)
-    run_dir = prepare_run_dir(config, resume)
+    if dist.is_chief:
+        run_dir = prepare_run_dir(config, resume)
+    else:  # the chief owns --out; this worker only reads it (when resuming)
+        run_dir = Path(config.out)
+        if resume and not (run_dir / "last.keras").is_file():
+            raise InputError(f"--resume: {run_dir} holds no last.keras to resume from "
+                             "(every worker must see the chief's run directory)")
+    if dist.distributed:
+        log(dist.describe())
 
     from data_generators.dataset import split_cases
     from data_generators.io import find_cases
@@ -161,7 +184,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     train_cases = [cache.get(by_id[i], config.label_convention) for i in train_ids]
     val_cases = [cache.get(by_id[i], config.label_convention) for i in val_ids]
 
-    if not resume:
+    if not resume and dist.is_chief:
         config.save(run_dir / "config.json")
         split = {"seed": config.seed, "folds": config.folds, "fold": config.fold,
                  "val_fraction": config.val_fraction, "train": train_ids,
@@ -169,7 +192,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2) + "\n")
 
     with precision_policy(config.mixed_precision):
-        return _fit(config, run_dir, train_cases, val_cases, resume, start, log)
+        return _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist)
 
 
 def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
@@ -191,12 +214,29 @@ def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, d
     return scores
 
 
-def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainResult:
+def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist) -> TrainResult:
+    from unet3d.distribute import output_dir
+
+    with output_dir(run_dir, dist) as write_dir:
+        return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
+                       log, dist)
+
+
+def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, log,
+            dist) -> TrainResult:
+    """Trains; checkpoints and logs go to ``write_dir`` (``run_dir`` on the chief)."""
     import keras
 
     from data_generators.augmentation import AugmentationConfig
     from data_generators.dataset import BratsPatchDataset, EpochSync, ValidationPatchDataset
     from unet3d.callbacks import RunCheckpoint, ValidationImage, read_state
+    from unet3d.distribute import (
+        fit_context,
+        train_dataset,
+        validation_dataset,
+        worker_cases,
+        worker_seed,
+    )
     from unet3d.losses import make_loss
     from unet3d.metrics import region_metrics
     from unet3d.model import build_unet3d
@@ -204,12 +244,15 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
 
     keras.utils.set_random_seed(config.seed)
     mode = config.model.output_mode
+    # each worker samples its own share of the cases, batch_size / num_workers at a time
     train_data = BratsPatchDataset(
-        train_cases, patch_size=config.patch_size, batch_size=config.batch_size,
+        worker_cases(train_cases, dist), patch_size=config.patch_size,
+        batch_size=config.batch_size // dist.num_workers,
         steps_per_epoch=config.steps_per_epoch, output_mode=mode,
         foreground_fraction=config.foreground_fraction,
-        augmentation=AugmentationConfig() if config.augment else None, seed=config.seed,
-        workers=config.workers, use_multiprocessing=config.use_multiprocessing,
+        augmentation=AugmentationConfig() if config.augment else None,
+        seed=worker_seed(config.seed, dist), workers=config.workers,
+        use_multiprocessing=config.use_multiprocessing,
         max_queue_size=config.max_queue_size,
     )
     val_data = ValidationPatchDataset(
@@ -219,40 +262,55 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
 
     state = read_state(run_dir) if resume else {}
     initial_epoch = int(state.get("epoch", 0))
-    if resume:
-        model = load_model(run_dir / "last.keras", compile=True)
-        log(f"resuming {run_dir} after epoch {initial_epoch}")
-    else:
-        model = build_unet3d(config.model)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss=make_loss(config.loss, mode),
-            metrics=region_metrics(mode),
-        )
+    with dist.scope():  # variables are mirrored over the replicas
+        if resume:
+            model = load_model(run_dir / "last.keras", compile=True)
+            log(f"resuming {run_dir} after epoch {initial_epoch}")
+        else:
+            model = build_unet3d(config.model)
+            model.compile(
+                optimizer=keras.optimizers.Adam(config.learning_rate),
+                loss=make_loss(config.loss, mode),
+                metrics=region_metrics(mode),
+            )
     log(f"model {model.name}: {model.count_params():,} parameters, "
         f"{len(train_cases)} training / {len(val_cases)} validation cases")
 
     lr0, decay = config.learning_rate, config.lr_decay
-    tensorboard_dir = run_dir / "tensorboard"
-    checkpoint = RunCheckpoint(run_dir, best_score=state.get("best_score") or float("-inf"),
+    tensorboard_dir = write_dir / "tensorboard"
+    checkpoint = RunCheckpoint(write_dir, best_score=state.get("best_score") or float("-inf"),
                                config=config.to_dict())
     checkpoint.best_epoch = state.get("best_epoch")
     callbacks = [
         EpochSync(train_data),  # patches depend on (seed, epoch, index) only
         keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
-        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=resume),
+        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=resume),
         keras.callbacks.TensorBoard(str(tensorboard_dir), update_freq="epoch",
                                     write_graph=False),
         ValidationImage(tensorboard_dir, val_data.patch(0), output_mode=mode),
         checkpoint,
     ]
+    verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
     history = {}
     if initial_epoch < config.epochs:
-        fitted = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                           initial_epoch=initial_epoch, callbacks=callbacks,
-                           verbose=1 if sys.stdout.isatty() else 2)
+        if dist.distributed:  # sharded per worker, split per replica (unet3d.distribute)
+            val_set, val_steps = validation_dataset(val_data, dist)
+            fit_data = dict(
+                x=train_dataset(train_data, dist, initial_epoch, config.epochs,
+                                workers=config.workers),
+                steps_per_epoch=config.steps_per_epoch,
+                validation_data=val_set, validation_steps=val_steps)
+        else:
+            # batches are random draws already; keep their index order reproducible
+            fit_data = dict(x=train_data, validation_data=val_data, shuffle=False)
+        with fit_context(model, dist, val_data[0]):
+            fitted = model.fit(**fit_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                               callbacks=callbacks, verbose=verbose)
         history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
 
+    if not dist.is_chief:  # the chief evaluates and reports
+        return TrainResult(run_dir=run_dir, history=history, best_epoch=checkpoint.best_epoch,
+                           seconds=time.time() - start, model=model, is_chief=False)
     best = load_model(run_dir / "best.keras")
     per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
     atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
@@ -260,7 +318,8 @@ def _fit(config, run_dir, train_cases, val_cases, resume, start, log) -> TrainRe
                 for region in REGIONS}
     val_dice["mean"] = float(np.mean([val_dice[r] for r in REGIONS]))
     result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
-                         best_epoch=checkpoint.best_epoch, seconds=time.time() - start)
+                         best_epoch=checkpoint.best_epoch, seconds=time.time() - start,
+                         model=model)
     log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
         "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
             len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"], val_dice["ET"],
