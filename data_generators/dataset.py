@@ -124,9 +124,13 @@ class BratsPatchDataset(keras.utils.PyDataset):
         return picks
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.batch_at(self.epoch, index)
+
+    def batch_at(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``index`` of ``epoch``: a pure function of ``(seed, epoch, index)``."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} out of range 0..{len(self) - 1}")
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = np.random.default_rng([self.seed, int(epoch), int(index)])
         xs, ys = [], []
         for k, centre, _ in self._draw(rng):
             case = self.cases[k]
@@ -135,7 +139,6 @@ class BratsPatchDataset(keras.utils.PyDataset):
             xs.append(img)
             ys.append(encode_target(lbl, self.output_mode))
         return np.stack(xs).astype(np.float32, copy=False), np.stack(ys)
-
 
 class ValidationPatchDataset(keras.utils.PyDataset):
     """Fixed, un-augmented validation patches.
@@ -202,25 +205,39 @@ class ValidationPatchDataset(keras.utils.PyDataset):
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
-class EpochSync(keras.callbacks.Callback):
-    """Keeps a dataset's sampling epoch equal to the Keras epoch.
+class EpochSpan(keras.utils.PyDataset):
+    """The batches of several epochs of a :class:`BratsPatchDataset`, end to end.
 
-    Keras also calls ``on_epoch_end`` once when ``fit`` starts (iterator
-    reset), so counting calls alone drifts by one and ignores
-    ``initial_epoch``. This callback's ``on_epoch_begin`` runs before the
-    epoch's batches are requested (also with worker threads), so patches
-    are a function of ``(seed, epoch, index)`` even across resumed runs.
+    Batch ``k`` is ``dataset.batch_at(initial_epoch + k // steps, k % steps)``,
+    a pure function of its position. Pass ``steps_per_epoch`` to ``fit`` and
+    Keras keeps one iterator across epochs, so what each epoch trains on does
+    not depend on when Keras prefetches or on worker threads, and a resumed
+    run (``initial_epoch``) sees exactly the batches an uninterrupted one did.
 
     Args:
-        dataset: a :class:`BratsPatchDataset`.
+        dataset: BratsPatchDataset. Its ``len`` is the steps per epoch.
+        initial_epoch: int, default 0. First epoch.
+        epochs: int, default 1. One past the last epoch.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
     """
 
-    def __init__(self, dataset: BratsPatchDataset) -> None:
-        super().__init__()
+    def __init__(self, dataset: BratsPatchDataset, initial_epoch: int = 0, epochs: int = 1,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if epochs <= initial_epoch:
+            raise ValueError(f"epochs ({epochs}) must exceed initial_epoch ({initial_epoch})")
         self.dataset = dataset
+        self.initial_epoch = int(initial_epoch)
+        self.epochs = int(epochs)
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.dataset.set_epoch(epoch)
+    def __len__(self) -> int:
+        return (self.epochs - self.initial_epoch) * len(self.dataset)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= k < len(self):
+            raise IndexError(f"batch {k} out of range 0..{len(self) - 1}")
+        epoch, index = divmod(int(k), len(self.dataset))
+        return self.dataset.batch_at(self.initial_epoch + epoch, index)
 
 
 def split_cases(

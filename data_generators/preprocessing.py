@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from data_generators.io import CaseFiles, load_case
+from unet3d.errors import InputError
 from unet3d.labels import resolve_convention
 
 PREPROCESSING_VERSION = 1
@@ -233,7 +234,10 @@ class PreprocessedCache:
         if self.log is not None:
             self.log(f"caching case {case.case_id}")
         image, label, properties = load_case(case, label_convention)
-        image, label, box = preprocess_case(image, label)
+        try:
+            image, label, box = preprocess_case(image, label)
+        except ValueError as err:  # an all-zero (empty) scan: nothing to crop to
+            raise InputError(f"{case.images[0]}: {err}") from None
         properties = {
             **properties,
             "crop_box": [list(b) for b in box],

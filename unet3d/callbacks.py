@@ -117,3 +117,29 @@ class ValidationImage(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Reseeds every random layer (dropout) at the start of each epoch from ``(seed, epoch)``.
+
+    Keras does not restore the state of a layer's ``SeedGenerator`` from a
+    ``.keras`` file, so after ``--resume`` dropout would draw other masks
+    than the uninterrupted run. Seeding each epoch from its number makes the
+    draws of epoch ``e`` the same whether or not the run was interrupted.
+
+    Args:
+        seed: int. The run's seed.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        generators = [layer.seed_generator for layer in self.model.layers
+                      if getattr(layer, "seed_generator", None) is not None]
+        for index, generator in enumerate(generators):
+            state = generator.state
+            draw = np.random.default_rng([self.seed, int(epoch), index]).integers(
+                1, 2**31 - 1, size=tuple(state.shape))
+            state.assign(keras.ops.cast(draw, state.dtype))

@@ -24,7 +24,6 @@ weights as ``default`` (up to float summation order).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -209,10 +208,7 @@ def train_dataset(dataset, dist: Distribution, initial_epoch: int, epochs: int,
     y_spec = (dataset.batch_size, *y0.shape[1:])
 
     def load(k):
-        epoch, index = divmod(int(k), steps)
-        view = copy.copy(dataset)  # batches depend on (seed, epoch, index) only
-        view.epoch = epoch
-        x, y = view[index]
+        x, y = dataset.batch_at(*divmod(int(k), steps))
         return x.astype(np.float32, copy=False), y.astype(np.float32, copy=False)
 
     def dataset_fn(context):

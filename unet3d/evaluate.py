@@ -151,6 +151,11 @@ def _check_csv(csv_path: Path, overwrite: bool) -> None:
         raise InputError(f"{csv_path}: is a folder, expected a CSV file path")
     if csv_path.exists() and not overwrite:
         raise InputError(f"{csv_path}: already exists; pass --overwrite to replace it")
+    parent = csv_path.parent  # fail before scoring, and say why
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{csv_path}: cannot write the CSV ({parent} is not a folder)")
 
 
 def write_csv(rows: Sequence[dict[str, object]], csv_path: str | Path) -> Path:

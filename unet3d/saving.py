@@ -67,6 +67,8 @@ def load_model(path: str | Path, compile: bool = False):
     import unet3d.metrics  # noqa: F401  (registers the Dice metrics)
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a .keras model file")
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
@@ -75,4 +77,5 @@ def load_model(path: str | Path, compile: bool = False):
         return keras.models.load_model(path, safe_mode=True, compile=compile)
     except Exception as err:  # any failure to load means the file is not a usable model
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = detail.split(". ")[0].rstrip(".")  # first sentence: no cut-off words
         raise InputError(f"{path}: cannot be loaded as a Keras model ({detail[:200]})") from None

@@ -195,6 +195,18 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         return _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist)
 
 
+def truncate_log(path: Path, epochs: int) -> None:
+    """Keeps the header and the first ``epochs`` rows of a CSV log (atomically).
+
+    A run killed after logging an epoch but before checkpointing it repeats
+    that epoch on ``--resume``; its first row must not stay twice.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    atomic_write_text(path, "".join(lines[:1 + epochs]))
+
+
 def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
     """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
     from unet3d.evaluation import region_dice
@@ -228,8 +240,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     import keras
 
     from data_generators.augmentation import AugmentationConfig
-    from data_generators.dataset import BratsPatchDataset, EpochSync, ValidationPatchDataset
-    from unet3d.callbacks import RunCheckpoint, ValidationImage, read_state
+    from data_generators.dataset import BratsPatchDataset, EpochSpan, ValidationPatchDataset
+    from unet3d.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
     from unet3d.distribute import (
         fit_context,
         train_dataset,
@@ -262,6 +274,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
 
     state = read_state(run_dir) if resume else {}
     initial_epoch = int(state.get("epoch", 0))
+    if resume and dist.is_chief:
+        truncate_log(run_dir / "log.csv", initial_epoch)
     with dist.scope():  # variables are mirrored over the replicas
         if resume:
             model = load_model(run_dir / "last.keras", compile=True)
@@ -282,7 +296,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
                                config=config.to_dict())
     checkpoint.best_epoch = state.get("best_epoch")
     callbacks = [
-        EpochSync(train_data),  # patches depend on (seed, epoch, index) only
+        EpochSeeds(config.seed),  # dropout masks depend on (seed, epoch): exact resume
         keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=resume),
         keras.callbacks.TensorBoard(str(tensorboard_dir), update_freq="epoch",
@@ -301,8 +315,13 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
                 steps_per_epoch=config.steps_per_epoch,
                 validation_data=val_set, validation_steps=val_steps)
         else:
-            # batches are random draws already; keep their index order reproducible
-            fit_data = dict(x=train_data, validation_data=val_data, shuffle=False)
+            # one iterator across epochs over batches that are pure functions of
+            # (seed, epoch, index): identical whatever the prefetching, and on resume
+            span = EpochSpan(train_data, initial_epoch, config.epochs, workers=config.workers,
+                             use_multiprocessing=config.use_multiprocessing,
+                             max_queue_size=config.max_queue_size)
+            fit_data = dict(x=span, steps_per_epoch=config.steps_per_epoch,
+                            validation_data=val_data, shuffle=False)
         with fit_context(model, dist, val_data[0]):
             fitted = model.fit(**fit_data, epochs=config.epochs, initial_epoch=initial_epoch,
                                callbacks=callbacks, verbose=verbose)

@@ -10,7 +10,7 @@ import pytest
 from data_generators.augmentation import AugmentationConfig
 from data_generators.dataset import (
     BratsPatchDataset,
-    EpochSync,
+    EpochSpan,
     ValidationPatchDataset,
     split_cases,
 )
@@ -172,11 +172,35 @@ def test_keras_fit_consumes_dataset_with_threads(cases):
     assert len(history.history["loss"]) == 2
     # Keras calls on_epoch_end after each epoch (and once more when it resets its iterator)
     assert ds.epoch >= 2
-    seen = []
 
-    class Spy(keras.callbacks.Callback):
-        def on_train_batch_begin(self, batch, logs=None):
-            seen.append(ds.epoch)
 
-    model.fit(ds, epochs=7, initial_epoch=5, verbose=0, callbacks=[EpochSync(ds), Spy()])
-    assert seen == [5, 5, 5, 6, 6, 6]
+def test_epoch_span_is_a_pure_function_of_position(cases):
+    import keras
+
+    base = BratsPatchDataset(cases, patch_size=(8, 8, 8), batch_size=2, steps_per_epoch=3,
+                             seed=5)
+    span = EpochSpan(base, initial_epoch=5, epochs=7, workers=2, max_queue_size=2)
+    assert len(span) == 6
+    for k in range(6):
+        expected = base.batch_at(5 + k // 3, k % 3)
+        np.testing.assert_array_equal(span[k][0], expected[0])
+    # the batches fit consumes, in order, whatever Keras prefetches or calls on_epoch_end
+    consumed = []
+
+    class Probe(keras.Model):
+        def train_step(self, data):
+            x, _ = data
+            return {"first": keras.ops.sum(x[0, 0, 0, 0])}
+
+    inputs = keras.Input((8, 8, 8, 4))
+    model = Probe(inputs, keras.layers.Conv3D(3, 1)(inputs))
+    model.compile(optimizer="adam", loss="mse")
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            consumed.append(float(logs["first"]))
+
+    model.fit(span, epochs=7, initial_epoch=5, steps_per_epoch=3, shuffle=False, verbose=0,
+              callbacks=[Record()])
+    expected = [float(base.batch_at(5 + k // 3, k % 3)[0][0, 0, 0, 0].sum()) for k in range(6)]
+    np.testing.assert_allclose(consumed, expected, rtol=1e-6)

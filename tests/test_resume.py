@@ -1,0 +1,80 @@
+"""Kill training with SIGKILL mid-epoch, resume it, and get the uninterrupted run's curve."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+CONFIG = {
+    "model": {"base_filters": 4, "depth": 3, "dropout": 0.3},
+    "epochs": 3, "steps_per_epoch": 6, "batch_size": 2, "patch_size": [32, 32, 32],
+    "learning_rate": 0.01, "synthetic_cases": 4, "synthetic_shape": [48, 48, 40],
+    "val_patches_per_case": 1, "val_fraction": 0.3, "workers": 1, "seed": 11,
+}
+
+
+def start(tmp_path, out, *extra):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**CONFIG, "cache_dir": str(tmp_path / "cache")}))
+    env = {**os.environ, "TF_DETERMINISTIC_OPS": "1"}
+    return subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(cfg),
+                             "--out", str(out), *extra], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def rows(run):
+    return list(csv.DictReader((run / "log.csv").open()))
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    reference = start(tmp_path, tmp_path / "reference")
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+
+    run = tmp_path / "killed"
+    proc = start(tmp_path, run)
+    deadline = time.time() + 600
+    state = run / "state.json"
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the second epoch
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    # a kill at any moment leaves complete files: the checkpoint loads, the state parses
+    done = json.loads(state.read_text())["epoch"]
+    assert done in (1, 2)
+    from unet3d.saving import load_model
+
+    assert load_model(run / "last.keras", compile=True).optimizer.iterations.numpy() == \
+        done * CONFIG["steps_per_epoch"]
+
+    resumed = start(tmp_path, run, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    got, want = rows(run), rows(tmp_path / "reference")
+    assert [r["epoch"] for r in got] == ["0", "1", "2"]
+    for key in ("loss", "val_loss", "dice_wt", "val_dice_mean", "learning_rate"):
+        np.testing.assert_allclose([float(r[key]) for r in got], [float(r[key]) for r in want],
+                                   rtol=1e-5, err_msg=key)
+    assert json.loads(state.read_text())["epoch"] == 3
+
+    # TensorBoard: one scalar per epoch, steps 0..2, continuing after the resume
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard" / "train"), size_guidance={"tensors": 0})
+    acc.Reload()
+    steps = sorted({e.step for e in acc.Tensors("epoch_loss")})
+    assert steps == [0, 1, 2]
