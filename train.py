@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-convention", help="brats2017 (default), brats2023 or msd")
     parser.add_argument("--cache-dir", help="preprocessed cache (default ~/.cache/unet3d)")
     parser.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    parser.add_argument("--export", nargs="+", choices=("fp32", "fp16", "int8"),
+                        metavar="PRECISION",
+                        help="after training, export best.keras to LiteRT: best_<p>.tflite "
+                             "(fp32, fp16 and/or int8, calibrated on the run's training data)")
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
                         help="default: one device; mirrored: all local GPUs (or logical "
                              "CPU devices); multiworker: the workers of $TF_CONFIG")
@@ -105,7 +109,14 @@ def main(argv: list[str] | None = None) -> int:
             config = build_config(args)
         from unet3d.training import train
 
-        train(config, resume=args.resume)
+        result = train(config, resume=args.resume)
+        if args.export and result.is_chief:
+            from unet3d.export import export_litert, format_report
+
+            for precision in args.export:
+                report = export_litert(result.run_dir / "best.keras",
+                                       result.run_dir / f"best_{precision}.tflite", precision)
+                print(format_report(report))
     except InputError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

@@ -231,3 +231,34 @@ def test_subprocess_not_a_model(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and str(model) in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_litert_model_through_predict(precision, trained_model, real_case, tmp_path, capsys):
+    from unet3d.evaluation import dice
+    from unet3d.export import export_litert
+    from unet3d.litert import op_names
+
+    tflite = tmp_path / f"model_{precision}.tflite"
+    export_litert(trained_model, tflite, precision, window=(96, 96, 96), calibration_patches=4)
+    ops = op_names(tflite)
+    assert "CONV_2D" in ops and "CONV_3D" not in ops
+    assert not any(name.startswith("Flex") for name in ops)
+    out = tmp_path / "lite"
+    assert predict_cli.main(["--model", str(tflite), "--input", str(real_case), "--out", str(out),
+                             "--threads", "2"]) == 0
+    written = nib.load(out / f"{CASE}.nii.gz")
+    t1 = nib.load(real_case / f"{CASE}_t1.nii.gz")
+    assert written.shape == t1.shape
+    np.testing.assert_array_equal(written.affine, t1.affine)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 4}
+    # the same sliding windows through Keras: the segmentations agree
+    keras_out = tmp_path / "keras"
+    assert predict_cli.main(["--model", str(trained_model), "--input", str(real_case), "--out",
+                             str(keras_out), "--mode", "sliding", "--patch-size", "96"]) == 0
+    a = np.asarray(written.dataobj) > 0
+    b = np.asarray(nib.load(keras_out / f"{CASE}.nii.gz").dataobj) > 0
+    agreement = dice(a, b)
+    print(f"{precision} LiteRT vs Keras whole-tumor Dice: {agreement:.4f}")
+    assert agreement >= (0.99 if precision == "fp32" else 0.95)

@@ -205,6 +205,8 @@ def test_bad_data_is_one_line_error(corrupt, expected, tiny_data, tmp_path, caps
     (["--batch-size", "-2"], "--batch-size must be a positive integer"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--config", "/no/such/config.yaml"], "config file not found"),
+    (["--patch-size", "512", "--batch-size", "4"],
+     "training with --patch-size 512x512x512, --batch-size 4 and --base-filters 16 needs about"),
 ])
 def test_bad_options_are_one_line_errors(argv, expected, tmp_path, capsys):
     code, err = run_cli([*argv, "--out", str(tmp_path / "run")], capsys)

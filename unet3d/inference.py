@@ -141,15 +141,6 @@ def keras_predict_fn(model) -> PredictFn:
     return run
 
 
-def estimate_memory_bytes(shape: Sequence[int], base_filters: int) -> int:
-    """A rough upper bound of the activation memory for one forward pass.
-
-    Measured on the Isensee network: about 12 float32 feature maps of
-    ``base_filters`` channels per voxel are alive at the peak.
-    """
-    return int(np.prod(shape)) * base_filters * 4 * 12
-
-
 @dataclass(frozen=True)
 class Predictor:
     """Settings for turning a preprocessed volume into probabilities.
@@ -160,7 +151,8 @@ class Predictor:
         patch_size: tuple of 3 int. Sliding-window size.
         overlap: float, default 0.5.
         mode: str, default "auto". ``whole``, ``sliding`` or ``auto`` (whole
-            volume when its estimated memory fits ``max_memory_gb``).
+            volume when its estimated memory, :mod:`unet3d.memory`, fits
+            ``max_memory_gb`` and the machine).
         tta: bool, default False. Average the 8 mirrorings.
         base_filters: int, default 16. For the memory estimate.
         max_memory_gb: float, default 4.0.
@@ -178,11 +170,27 @@ class Predictor:
     batch_size: int = 1
 
     def resolved_mode(self, shape: Sequence[int]) -> str:
-        if self.mode != "auto":
-            return self.mode
+        """``whole`` or ``sliding`` for a volume of ``shape``; refuses what cannot fit.
+
+        Raises:
+            InputError: the chosen way needs more memory than is available.
+        """
+        from unet3d.memory import available_bytes, check_fits, inference_bytes
+
         padded = [s + (-s % self.stride) for s in shape[:3]]
-        fits = estimate_memory_bytes(padded, self.base_filters) <= self.max_memory_gb * 2**30
-        return "whole" if fits else "sliding"
+        whole = inference_bytes(padded, self.base_filters)
+        mode = self.mode
+        if mode == "auto":
+            budget = min(self.max_memory_gb * 2**30, available_bytes())
+            mode = "whole" if whole <= budget else "sliding"
+        if mode == "whole":
+            check_fits(whole, f"--mode whole on a {'x'.join(map(str, padded))} volume",
+                       "use --mode sliding (or auto)")
+        else:
+            window = "x".join(map(str, self.patch_size))
+            check_fits(inference_bytes(self.patch_size, self.base_filters, self.batch_size),
+                       f"a {window} sliding window", "lower --patch-size")
+        return mode
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Probabilities `(X, Y, Z, K)` of a preprocessed `(X, Y, Z, C)` volume."""

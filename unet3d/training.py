@@ -150,6 +150,13 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     dist = make_distribution(config.strategy)
     check_batch_size(config.batch_size, dist)
     _check_precision(config.mixed_precision)
+    from unet3d.memory import check_fits, training_bytes
+
+    patch = "x".join(map(str, config.patch_size))
+    check_fits(training_bytes(config.patch_size, config.batch_size, config.model.base_filters),
+               f"training with --patch-size {patch}, --batch-size {config.batch_size} and "
+               f"--base-filters {config.model.base_filters}",
+               "lower --patch-size or --batch-size")
     if dist.is_chief:
         run_dir = prepare_run_dir(config, resume)
     else:  # the chief owns --out; this worker only reads it (when resuming)

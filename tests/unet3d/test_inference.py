@@ -75,10 +75,35 @@ def test_mirror_tta():
 
 
 def test_predictor_auto_mode_follows_memory_budget():
-    small = Predictor(voxelwise, stride=8, patch_size=(16, 16, 16), max_memory_gb=1.0)
+    # 64^3 x 16 maps x 34 x 4 B = 0.53 GB plus 1 GB runtime: fits 2 GB; 400^3 does not
+    small = Predictor(voxelwise, stride=8, patch_size=(16, 16, 16), max_memory_gb=2.0)
     assert small.resolved_mode((64, 64, 64)) == "whole"
     assert small.resolved_mode((400, 400, 400)) == "sliding"
     image = np.random.default_rng(3).normal(size=(20, 20, 20, 3)).astype(np.float32)
     for mode in ("whole", "sliding"):
         out = Predictor(voxelwise, stride=8, patch_size=(16, 16, 16), mode=mode)(image)
         np.testing.assert_allclose(out, voxelwise(image[None])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_refusals_name_the_option(monkeypatch):
+    from unet3d.errors import InputError
+
+    monkeypatch.setenv("UNET3D_MEMORY_GB", "3")
+    whole = Predictor(voxelwise, stride=16, patch_size=(128, 128, 128), mode="whole")
+    with pytest.raises(InputError, match="--mode whole on a 144x176x144 volume needs about "
+                                         r"\d+\.\d GB but only 3\.0 GB are available; use --mode"):
+        whole.resolved_mode((138, 170, 144))
+    sliding = Predictor(voxelwise, stride=16, patch_size=(256, 256, 256), mode="sliding")
+    with pytest.raises(InputError, match="lower --patch-size"):
+        sliding.resolved_mode((138, 170, 144))
+    # auto falls back to a sliding window that fits
+    auto = Predictor(voxelwise, stride=16, patch_size=(96, 96, 96), max_memory_gb=64)
+    assert auto.resolved_mode((138, 170, 144)) == "sliding"
+
+
+def test_memory_estimates_by_hand():
+    from unet3d.memory import inference_bytes, training_bytes
+
+    gib = 2**30
+    assert training_bytes((128, 128, 128), 2, 16) == 128**3 * 2 * 16 * 70 * 4 + gib
+    assert inference_bytes((10, 10, 10), 8) == 1000 * 8 * 34 * 4 + gib
