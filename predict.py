@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from unet3d.errors import InputError
+from unet3d.fileio import ensure_writable_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,18 +82,6 @@ def settings_from_args(args: argparse.Namespace):
                            max_memory_gb=args.max_memory_gb, threads=args.threads)
 
 
-def check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(f"--out {out}: cannot write there ({err.strerror})") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from unet3d.prediction import load_for_inference, output_paths, predict_case
 
@@ -105,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.patch_size and len(args.patch_size) not in (1, 3):
         raise InputError("--patch-size takes one or three sizes")
-    check_out_dir(out)
+    ensure_writable_dir(out, "--out")
     model = load_for_inference(args.model, threads=settings.threads)
     if settings.patch_size and any(p % model.stride for p in settings.patch_size):
         raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "

@@ -144,8 +144,16 @@ def find_cases(
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def _read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Loads a 3D NIfTI volume, forcing the data read, with one-line errors."""
+def read_volume(path: Path, what: str = "image") -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Loads a 3D NIfTI volume, forcing the data read, with one-line errors.
+
+    Args:
+        path: the NIfTI file.
+        what: str, default "image". Named in the not-3D message ("label map").
+
+    Raises:
+        InputError: naming ``path``: missing, unreadable or not 3D.
+    """
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
@@ -157,7 +165,7 @@ def _read(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
-        raise InputError(f"{path}: is {data.ndim}D, expected a 3D image")
+        raise InputError(f"{path}: is {data.ndim}D, expected a 3D {what}")
     return data, img
 
 
@@ -189,7 +197,7 @@ def load_case(
     ref_img = None
     ref_path = case.images[0]
     for path in case.images:
-        data, img = _read(Path(path))
+        data, img = read_volume(Path(path))
         if ref_img is None:
             ref_img = img
             ref_shape = data.shape
@@ -203,7 +211,7 @@ def load_case(
     label = None
     if case.label is not None:
         path = Path(case.label)
-        data, img = _read(path)
+        data, img = read_volume(path)
         _check_same_grid(path, data.shape, img, ref_path, ref_shape, ref_img)
         if data.dtype.kind == "f":
             if not np.isfinite(data).all():

@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from data_generators.io import find_cases
+from data_generators.io import find_cases, read_volume
 from unet3d.errors import InputError
 from unet3d.evaluation import SCORE_KEYS, score_case, summarize
 from unet3d.fileio import atomic_path
@@ -121,18 +119,7 @@ def load_label_map(
             holds values that are not labels of ``convention``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except (nib.filebasedimages.ImageFileError, zlib.error, EOFError, OSError, ValueError) as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{path}: not a readable NIfTI file ({detail})") from None
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: is {data.ndim}D, expected a 3D label map")
+    data, img = read_volume(path, "label map")
     if data.dtype.kind == "f":
         if not np.isfinite(data).all():
             raise InputError(f"{path}: label map holds NaN or infinite values")

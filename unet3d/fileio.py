@@ -33,6 +33,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Creates folder ``path`` if needed and checks a file can be written in it.
+
+    Raises:
+        InputError: naming ``option`` and ``path`` when it cannot be used.
+    """
+    from unet3d.errors import InputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{option} {path}: cannot write there ({err.strerror})") from None
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -26,7 +26,7 @@ import numpy as np
 
 from unet3d.config import TrainConfig
 from unet3d.errors import InputError
-from unet3d.fileio import atomic_write_text
+from unet3d.fileio import atomic_write_text, ensure_writable_dir
 from unet3d.labels import REGIONS
 
 
@@ -113,14 +113,7 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
             f"--out {run_dir}: holds an earlier run; pass --resume to continue it "
             "or choose another --out"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise InputError(f"--out {run_dir}: cannot write there ({err.strerror})") from None
-    return run_dir
+    return ensure_writable_dir(run_dir, "--out")
 
 
 def load_resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
