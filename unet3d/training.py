@@ -263,10 +263,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         steps_per_epoch=config.steps_per_epoch, output_mode=mode,
         foreground_fraction=config.foreground_fraction,
         augmentation=AugmentationConfig() if config.augment else None,
-        seed=worker_seed(config.seed, dist), workers=config.workers,
-        use_multiprocessing=config.use_multiprocessing,
-        max_queue_size=config.max_queue_size,
-    )
+        seed=worker_seed(config.seed, dist),
+    )  # the loader options go to the dataset fit consumes (EpochSpan / train_dataset)
     val_data = ValidationPatchDataset(
         val_cases, patch_size=config.patch_size, batch_size=config.batch_size,
         patches_per_case=config.val_patches_per_case, output_mode=mode, seed=config.seed,
