@@ -12,22 +12,21 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from unet3d.errors import InputError
 from unet3d.fileio import ensure_writable_dir
+from unet3d.tf_env import import_tensorflow_quietly  # sets TF's environment defaults
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Segment brain tumors (BraTS layout) with a trained 3D U-Net.")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model",
                         help="a .keras model (its run's config inside or config.json beside "
-                             "it) or an exported LiteRT .tflite (its .tflite.json beside it)")
+                             "it) or an exported LiteRT .tflite (its .tflite.json beside it); "
+                             "default: the shipped models/brats18_unet3d_b8.keras")
     parser.add_argument("--input", required=True,
                         help="a case folder (four modalities) or a folder of case folders")
     parser.add_argument("--out", required=True, help="output folder")
@@ -95,11 +94,18 @@ def run(args: argparse.Namespace) -> int:
     if args.patch_size and len(args.patch_size) not in (1, 3):
         raise InputError("--patch-size takes one or three sizes")
     ensure_writable_dir(out, "--out")
+    shipped = args.model is None
+    if shipped:
+        from unet3d.pretrained import shipped_path
+
+        args.model = str(shipped_path())
     model = load_for_inference(args.model, threads=settings.threads)
     if settings.patch_size and any(p % model.stride for p in settings.patch_size):
         raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "
                          f"network's stride {model.stride}")
-    print(f"model: {model.path} ({model.output_mode}, modalities {', '.join(model.modalities)})")
+    card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
+    print(f"model: {model.path} ({model.output_mode}, modalities "
+          f"{', '.join(model.modalities)}{card})")
 
     if is_case_folder(source):
         report = predict_case(source, out, model, settings)
@@ -147,6 +153,7 @@ def print_case(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import_tensorflow_quietly()
     try:
         return run(args)
     except InputError as err:

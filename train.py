@@ -15,14 +15,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-# Quieten TensorFlow's C++ start-up chatter before anything imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from unet3d.config import TrainConfig, load_config_file
 from unet3d.errors import InputError
+from unet3d.tf_env import import_tensorflow_quietly  # sets TF's environment defaults
 
 # CLI option -> TrainConfig (or ModelConfig) field
 OVERRIDES = {
@@ -32,8 +29,11 @@ OVERRIDES = {
     "folds": "folds", "fold": "fold", "seed": "seed", "workers": "workers",
     "mixed_precision": "mixed_precision", "output_mode": "output_mode", "loss": "loss",
     "cache_dir": "cache_dir", "label_convention": "label_convention",
-    "strategy": "strategy",
+    "strategy": "strategy", "init_from": "init_from",
+    "freeze_encoder_epochs": "freeze_encoder_epochs",
 }
+# taken from the --init-from model's own config unless --config sets them
+INHERITED = ("model", "patch_size", "modalities")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
                         help="default: one device; mirrored: all local GPUs (or logical "
                              "CPU devices); multiworker: the workers of $TF_CONFIG")
+    parser.add_argument("--init-from", metavar="MODEL.keras",
+                        help="fine-tune: start from this model's weights (e.g. the shipped "
+                             "models/brats18_unet3d_b8.keras); its architecture, patch size and "
+                             "modalities are the defaults")
+    parser.add_argument("--freeze-encoder-epochs", type=int, metavar="N",
+                        help="with --init-from: train only the decoder for the first N epochs")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last completed epoch")
     return parser.parse_args(argv)
@@ -77,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults < --config file < command-line options."""
     values = load_config_file(args.config) if args.config else {}
+    if args.init_from:
+        values = {**inherited_values(args.init_from), **values}
     config = TrainConfig.from_dict(values, source=args.config or "config")
     changes = {field: getattr(args, opt) for opt, field in OVERRIDES.items()
                if getattr(args, opt) is not None}
@@ -90,8 +98,22 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     return config.replace(**changes) if changes else config
 
 
+def inherited_values(model_path: str) -> dict:
+    """Architecture, patch size and modalities of a pretrained ``.keras`` model."""
+    from pathlib import Path
+
+    from unet3d.saving import read_model_config
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise InputError(f"--init-from {path}: model file not found")
+    embedded = read_model_config(path) or {}
+    return {key: embedded[key] for key in INHERITED if key in embedded}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import_tensorflow_quietly()
     try:
         if args.resume:
             from pathlib import Path

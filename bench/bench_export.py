@@ -66,7 +66,7 @@ def worker(job: dict) -> dict:
     ``phase`` "run" imports only numpy and ``ai_edge_litert``, so its peak
     memory is LiteRT's alone; conversion ("convert") runs in its own process.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
     patches = np.load(job["patches"])
     kind, result = job["config"], {}
     path = Path(job["dir"]) / f"{kind}.tflite"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -26,11 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+
+import unet3d.tf_env  # noqa: E402, F401  (TensorFlow environment defaults, before TF loads)
 
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats2018" / "Brats18_CBICA_AOZ_1"
 

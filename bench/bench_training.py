@@ -18,18 +18,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
+import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
 from data_generators.augmentation import AugmentationConfig
 from data_generators.dataset import BratsPatchDataset
 from data_generators.io import find_cases, load_case

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
 
 REPO = Path(__file__).resolve().parents[1]
 BRATS_DIR = REPO.parent / "shared" / "data" / "brats2018"

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # One epoch: the default path's PyDataset may prefetch the next epoch's first

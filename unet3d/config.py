@@ -109,6 +109,12 @@ class TrainConfig:
             data, beside the synthetic data otherwise.
         synthetic_cases, synthetic_shape: the generated dataset when
             ``data`` is None.
+        init_from: str or None. A ``.keras`` model whose weights start the
+            run (fine-tuning); layers are matched by name and shape, and only
+            the first convolution and the segmentation heads may differ (other
+            modalities, another output mode).
+        freeze_encoder_epochs: int, default 0. With ``init_from``, train only
+            the decoder for this many epochs, then everything.
     """
 
     data: str | None = None
@@ -138,12 +144,19 @@ class TrainConfig:
     cache_dir: str | None = None
     synthetic_cases: int = 12
     synthetic_shape: tuple[int, int, int] = (96, 96, 80)
+    init_from: str | None = None
+    freeze_encoder_epochs: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "steps_per_epoch", "batch_size", "folds",
                   "val_patches_per_case", "max_queue_size", "synthetic_cases")
         if self.workers < 0:
             raise InputError(f"--workers must be >= 0, got {self.workers}")
+        if self.freeze_encoder_epochs < 0:
+            raise InputError(
+                f"--freeze-encoder-epochs must be >= 0, got {self.freeze_encoder_epochs}")
+        if self.freeze_encoder_epochs and not self.init_from:
+            raise InputError("--freeze-encoder-epochs needs --init-from (a pretrained model)")
         if len(self.patch_size) != 3 or any(int(p) <= 0 for p in self.patch_size):
             raise InputError(f"--patch-size needs three positive sizes, got {self.patch_size}")
         bad = [p for p in self.patch_size if p % self.model.stride]

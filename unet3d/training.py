@@ -150,6 +150,8 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
                f"training with --patch-size {patch}, --batch-size {config.batch_size} and "
                f"--base-filters {config.model.base_filters}",
                "lower --patch-size or --batch-size")
+    if config.init_from and not resume and not Path(config.init_from).is_file():
+        raise InputError(f"--init-from {config.init_from}: model file not found")
     if dist.is_chief:
         run_dir = prepare_run_dir(config, resume)
     else:  # the chief owns --out; this worker only reads it (when resuming)
@@ -249,6 +251,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         worker_cases,
         worker_seed,
     )
+    from unet3d.finetune import FreezeEncoder, build_optimizer_for_all, init_from
     from unet3d.losses import make_loss
     from unet3d.metrics import region_metrics
     from unet3d.model import build_unet3d
@@ -285,6 +288,10 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
                 loss=make_loss(config.loss, mode),
                 metrics=region_metrics(mode),
             )
+            if config.init_from:
+                init_from(model, config.init_from, log=log)
+        if config.freeze_encoder_epochs:  # the encoder's variables join at the switch
+            build_optimizer_for_all(model)
     log(f"model {model.name}: {model.count_params():,} parameters, "
         f"{len(train_cases)} training / {len(val_cases)} validation cases")
 
@@ -302,6 +309,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         ValidationImage(tensorboard_dir, val_data.patch(0), output_mode=mode),
         checkpoint,
     ]
+    if config.freeze_encoder_epochs:  # before the checkpoint, which saves at epoch end
+        callbacks.insert(0, FreezeEncoder(config.freeze_encoder_epochs))
     verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
     history = {}
     if initial_epoch < config.epochs:

@@ -11,7 +11,11 @@
 * :class:`unet3d.litert.LiteRTModel` runs the file as a ``predict_fn``.
 """
 
-from unet3d.export.convert import (
+from unet3d.tf_env import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before the modules below load TensorFlow
+
+from unet3d.export.convert import (  # noqa: E402
     FORBIDDEN_OPS,
     PRECISIONS,
     agreement,
@@ -21,7 +25,7 @@ from unet3d.export.convert import (
     format_report,
     model_stride,
 )
-from unet3d.export.lowering import (
+from unet3d.export.lowering import (  # noqa: E402
     conv3d_as_conv2d,
     depth_taps,
     instance_norm,

@@ -8,7 +8,6 @@ exits with status 2, leaving no output file.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,7 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments, without the program name; ``sys.argv[1:]`` if None.
     """
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.out.exists() and not args.overwrite:
             raise InputError(f"--out {args.out}: exists; pass --overwrite to replace it")
