@@ -91,6 +91,19 @@ def transfer_weights(model: keras.Model, source: keras.Model, source_name: str) 
     return transfer
 
 
+def check_init_from(config) -> None:
+    """Refuses, before a run writes anything, a ``--init-from`` model that cannot start it.
+
+    Args:
+        config: TrainConfig with ``init_from`` set.
+    """
+    from unet3d.model import build_unet3d
+    from unet3d.saving import load_model
+
+    transfer_weights(build_unet3d(config.model), load_model(config.init_from),
+                     str(config.init_from))
+
+
 def init_from(model: keras.Model, path: str | Path, log=print) -> Transfer:
     """Loads the ``.keras`` file at ``path`` (safe mode) and copies its weights into ``model``."""
     from unet3d.saving import load_model

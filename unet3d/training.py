@@ -150,8 +150,12 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
                f"training with --patch-size {patch}, --batch-size {config.batch_size} and "
                f"--base-filters {config.model.base_filters}",
                "lower --patch-size or --batch-size")
-    if config.init_from and not resume and not Path(config.init_from).is_file():
-        raise InputError(f"--init-from {config.init_from}: model file not found")
+    if config.init_from and not resume:
+        from unet3d.finetune import check_init_from
+
+        if not Path(config.init_from).is_file():
+            raise InputError(f"--init-from {config.init_from}: model file not found")
+        check_init_from(config)
     if dist.is_chief:
         run_dir = prepare_run_dir(config, resume)
     else:  # the chief owns --out; this worker only reads it (when resuming)
