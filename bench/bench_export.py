@@ -3,8 +3,12 @@
 Every configuration runs in its own subprocess; its peak memory is that
 child's ``ru_maxrss`` from ``os.wait4`` (``getrusage(RUSAGE_CHILDREN)`` would
 only give the maximum over all children). Models are untrained but seeded
-(deterministic), so latencies and sizes are real while the Dice columns only
-measure agreement between runtimes, not segmentation quality. Inputs are
+(deterministic), except the edge preset, which loads the shipped trained
+model (``--edge-model``, default ``models/brats18_unet3d_b8.keras`` when
+present). Latencies and sizes are real; the Dice columns measure agreement
+with Keras fp32, which is only meaningful for trained weights. The case
+column is the window latency times the number of windows (overlap 0.5) that
+cover a real cropped case (Brats18_CBICA_AOZ_1, 138x170x144). Inputs are
 real BraTS patches from ``/work/shared/data/brats2018`` when present (else
 seeded normal noise); the output says which.
 
@@ -30,12 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 BRATS = REPO.parent / "shared" / "data" / "brats2018"
 PRESETS = {"default": {"base_filters": 16, "depth": 5}, "edge": {"base_filters": 8, "depth": 4}}
+SHIPPED = REPO / "models" / "brats18_unet3d_b8.keras"
+CASE_SHAPE = (138, 170, 144)  # Brats18_CBICA_AOZ_1 cropped to the brain
 CONFIGS = ("keras_fp32", "keras_bf16", "litert_naive", "litert_fp32", "litert_fp16",
            "litert_int8")
 
 
 # ---- workers (run in a subprocess each) ---------------------------------------
-def _build(preset: dict, policy: str = "float32"):
+def _build(preset: dict, policy: str = "float32", weights: str | None = None):
+    """The preset's network under ``policy``: seeded, or with a trained model's weights."""
     import keras
 
     from unet3d.config import ModelConfig
@@ -45,9 +52,14 @@ def _build(preset: dict, policy: str = "float32"):
     keras.config.set_dtype_policy(policy)
     try:
         keras.utils.set_random_seed(0)
-        return build_unet3d(ModelConfig(**preset))
+        model = build_unet3d(ModelConfig(**preset))
     finally:
         keras.config.set_dtype_policy(previous)
+    if weights:
+        from unet3d.saving import load_model
+
+        model.set_weights(load_model(weights).get_weights())
+    return model
 
 
 def _time(fn, x: np.ndarray, reps: int) -> tuple[list[float], np.ndarray]:
@@ -83,7 +95,8 @@ def worker(job: dict) -> dict:
     tf.config.threading.set_intra_op_parallelism_threads(job["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
     if kind.startswith("keras"):
-        model = _build(job["preset"], "mixed_bfloat16" if kind == "keras_bf16" else "float32")
+        model = _build(job["preset"], "mixed_bfloat16" if kind == "keras_bf16" else "float32",
+                       job.get("weights"))
         fn = tf.function(lambda x: model(x, training=False), jit_compile=False)
         times, _ = _time(lambda x: fn(x).numpy(), patches[:1], job["reps"])
         outs = [fn(p[None]).numpy().astype(np.float32) for p in patches]
@@ -94,7 +107,7 @@ def worker(job: dict) -> dict:
     from unet3d.export.lowering import lower_model
     from unet3d.litert import op_names
 
-    model = _build(job["preset"])
+    model = _build(job["preset"], weights=job.get("weights"))
     start = time.perf_counter()
     if kind == "litert_naive":
         spec = tf.TensorSpec((1, *job["window"], 4), tf.float32)
@@ -181,6 +194,9 @@ def main(argv=None) -> int:
     parser.add_argument("--patches", type=int, default=2, help="input/calibration patches")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--edge-model", default=str(SHIPPED) if SHIPPED.is_file() else None,
+                        help="trained .keras for the edge preset (default: the shipped model; "
+                             "'' for an untrained seeded one)")
     parser.add_argument("--quick", action="store_true",
                         help="windows 64 (default) and 48 (edge), naive 32, 1 rep")
     args = parser.parse_args(argv)
@@ -194,17 +210,19 @@ def main(argv=None) -> int:
         preset = PRESETS[name]
         size = args.window_default if name == "default" else args.window_edge
         window = (size,) * 3
+        weights = args.edge_model if name == "edge" and args.edge_model else None
         with tempfile.TemporaryDirectory(prefix="bench_export_") as tmp:
             source = draw_inputs(window, args.patches, Path(tmp))
             patches = np.load(Path(tmp) / "patches.npy")
             print(f"\n== {name}: base {preset['base_filters']}, depth {preset['depth']}, window "
-                  f"{size}^3, {args.threads} threads, inputs: {source}; untrained seeded model",
+                  f"{size}^3, {args.threads} threads, inputs: {source}; "
+                  f"{'weights of ' + weights if weights else 'untrained seeded model'}",
                   flush=True)
             rows = {}
             for config in configs:
                 job = {"config": config, "preset": preset, "window": list(window),
                        "threads": args.threads, "reps": args.reps, "dir": tmp,
-                       "patches": str(Path(tmp) / "patches.npy")}
+                       "patches": str(Path(tmp) / "patches.npy"), "weights": weights}
                 if config == "litert_naive":
                     if args.naive_window <= 0:
                         continue
@@ -220,7 +238,7 @@ def main(argv=None) -> int:
                 rows[config]["window"] = job["window"][0]
                 print(f"  {config}: {json.dumps(rows[config])[:240]}", flush=True)
             _agreement(rows, Path(tmp))
-            _table(rows)
+            _table(rows, size)
     return 0
 
 
@@ -239,9 +257,19 @@ def _agreement(rows: dict, tmp: Path) -> None:
         row.update(agreement(ref, out))
 
 
-def _table(rows: dict) -> None:
-    print(f"  {'config':<14}{'window':>7}{'size MB':>9}{'latency s':>11}{'peak MB':>9}"
-          f"{'max|dp|':>10}{'WT Dice':>9}")
+def windows_per_case(window: int, overlap: float = 0.5) -> int:
+    """Sliding windows (nnU-Net's step rule) covering :data:`CASE_SHAPE`."""
+    from unet3d.inference import pad_to, sliding_window_steps
+
+    padded = pad_to(np.zeros((*CASE_SHAPE, 1), np.float32), (window,) * 3, multiple=1)[0]
+    steps = sliding_window_steps(padded.shape[:3], (window,) * 3, overlap)
+    return int(np.prod([len(s) for s in steps]))
+
+
+def _table(rows: dict, window: int) -> None:
+    count = windows_per_case(window)
+    print(f"  {'config':<14}{'window':>7}{'size MB':>9}{'latency s':>11}"
+          f"{f'case s ({count} win)':>17}{'peak MB':>9}{'max|dp|':>10}{'WT Dice':>9}")
     for config, row in rows.items():
         if "error" in row:
             print(f"  {config:<14} failed: {row['error']}")
@@ -250,8 +278,9 @@ def _table(rows: dict) -> None:
         diff = f"{row['max_abs_diff']:.1e}" if "max_abs_diff" in row else "-"
         dice = f"{row['dice_wt']:.4f}" if "dice_wt" in row else "-"
         peak = f"{row['peak_mb']:.0f}" if row.get("peak_mb") else "-"
-        print(f"  {config:<14}{row['window']:>7}{size:>9}{row['latency_s']:>11.3f}{peak:>9}"
-              f"{diff:>10}{dice:>9}")
+        case = f"{row['latency_s'] * count:.1f}" if row["window"] == window else "-"
+        print(f"  {config:<14}{row['window']:>7}{size:>9}{row['latency_s']:>11.3f}{case:>17}"
+              f"{peak:>9}{diff:>10}{dice:>9}")
     print("  (naive = the unlowered Keras graph through the plain converter: CONV_3D; its "
           "window may be smaller, so no agreement is shown for it)")
 

@@ -8,16 +8,25 @@ Prints:
     base 16, depth 5, 128^3 patches, batch 2);
   * their ratio: how many times faster the data arrives than it is consumed
     (goal: >= 3);
+  * the train step under each of ``--step-configs``, each in its own process
+    (the kernels are chosen when TensorFlow loads): ``onednn-fp32`` (the
+    default here), ``eigen-fp32`` (``TF_ENABLE_ONEDNN_OPTS=0``, TensorFlow's
+    default on CPUs without AVX-512) and ``onednn-bf16`` (``mixed_bfloat16``),
+    with their ratios;
   * per-case load time from the preprocessed cache versus .nii.gz decoding.
 
 Usage:
     python bench/bench_training.py [--data ../shared/data/brats2018] [--cases 4]
         [--patch-size 128] [--base-filters 16] [--depth 5] [--steps 2]
+        [--step-configs onednn-fp32,eigen-fp32,onednn-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,9 +58,11 @@ def patches_per_second(dataset: BratsPatchDataset, workers: int, batches: int) -
     return batches * dataset.batch_size / (time.perf_counter() - start)
 
 
-def train_steps_per_second(patch: int, batch: int, base: int, depth: int, steps: int) -> float:
+def train_steps_per_second(patch: int, batch: int, base: int, depth: int, steps: int,
+                           policy: str = "float32") -> float:
     import keras
 
+    keras.config.set_dtype_policy(policy)
     from unet3d.config import ModelConfig
     from unet3d.losses import make_loss
     from unet3d.metrics import region_metrics
@@ -70,6 +81,22 @@ def train_steps_per_second(patch: int, batch: int, base: int, depth: int, steps:
     return steps / (time.perf_counter() - start)
 
 
+STEP_CONFIGS = {"onednn-fp32": ("1", "float32"), "eigen-fp32": ("0", "float32"),
+                "onednn-bf16": ("1", "mixed_bfloat16")}
+
+
+def step_in_subprocess(name: str, args: argparse.Namespace) -> float:
+    """Train steps/s under one of :data:`STEP_CONFIGS`, in a fresh process."""
+    onednn, policy = STEP_CONFIGS[name]
+    job = json.dumps({"patch": args.patch_size, "batch": args.batch_size,
+                      "base": args.base_filters, "depth": args.depth, "steps": args.steps,
+                      "policy": policy})
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}
+    done = subprocess.run([sys.executable, __file__, "--step-worker", job], env=env,
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
@@ -80,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--step-configs", default=",".join(STEP_CONFIGS),
+                        help="train-step variants to time side by side ('' skips them)")
+    parser.add_argument("--step-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.step_worker:
+        job = json.loads(args.step_worker)
+        print(train_steps_per_second(job["patch"], job["batch"], job["base"], job["depth"],
+                                     job["steps"], job["policy"]))
+        return 0
 
     cases = find_cases(args.data)[: args.cases]
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,13 +144,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data pipeline, {workers} worker threads: {rate:.2f} patches/s "
                   f"({args.patch_size}^3, augmentation on)")
 
-    steps = train_steps_per_second(args.patch_size, args.batch_size, args.base_filters,
-                                   args.depth, args.steps)
+    names = [n for n in args.step_configs.split(",") if n]
+    timed = {name: step_in_subprocess(name, args) for name in names}
+    if "onednn-fp32" in timed:
+        steps = timed["onednn-fp32"]
+    else:
+        steps = train_steps_per_second(args.patch_size, args.batch_size, args.base_filters,
+                                       args.depth, args.steps)
     consumed = steps * args.batch_size
     print(f"training (base {args.base_filters}, depth {args.depth}, batch {args.batch_size}, "
           f"{args.patch_size}^3): {steps:.4f} steps/s = {consumed:.3f} patches/s")
     best = max(rates.values())
     print(f"ratio data/training: {best / consumed:.1f}x (goal >= 3x)")
+    for name, rate in timed.items():
+        print(f"train step, {name}: {1 / rate:.2f} s")
+    if {"onednn-fp32", "eigen-fp32"} <= set(timed):
+        print(f"oneDNN vs Eigen kernels (fp32): {timed['onednn-fp32'] / timed['eigen-fp32']:.2f}x"
+              " faster")
+    if {"onednn-fp32", "onednn-bf16"} <= set(timed):
+        print(f"mixed_bfloat16 vs fp32 (oneDNN): "
+              f"{timed['onednn-bf16'] / timed['onednn-fp32']:.2f}x as fast (goal >= 1.8x)")
     return 0
 
 

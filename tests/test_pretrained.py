@@ -1,0 +1,142 @@
+"""The shipped model: safe loading, its card, real-case Dice, int8 agreement, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+
+import predict as predict_cli
+import train as train_cli
+from tests.conftest import require_brats
+from unet3d.config import TrainConfig
+from unet3d.finetune import encoder_layers
+from unet3d.pretrained import DEFAULT_NAME, MODELS_DIR
+from unet3d.saving import read_model_config
+
+KERAS = MODELS_DIR / f"{DEFAULT_NAME}.keras"
+INT8 = MODELS_DIR / f"{DEFAULT_NAME}_int8.tflite"
+FP16 = MODELS_DIR / f"{DEFAULT_NAME}_fp16.tflite"
+CARD = MODELS_DIR / f"{DEFAULT_NAME}.md"
+CONFIG = MODELS_DIR / f"{DEFAULT_NAME}.config.json"
+SPLIT = MODELS_DIR / f"{DEFAULT_NAME}.split.json"
+
+
+def card_table() -> dict[str, str]:
+    """The `| key | value |` rows of the card's "Configuration" table."""
+    text = CARD.read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\|\s*`?([a-z_]+)`?\s*\|\s*([^|]+?)\s*\|$", section, re.M)
+    return dict(rows)
+
+
+def whole_tumor_dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def val_case():
+    """The first validation case of the shipped model's split (never trained on)."""
+    split = json.loads(SPLIT.read_text())
+    assert len(split["validation"]) == 4 and len(split["train"]) == 16
+    assert not set(split["validation"]) & set(split["train"])
+    return require_brats() / split["validation"][0]
+
+
+def test_shipped_files_exist_and_are_small():
+    for path in (KERAS, INT8, FP16, CARD, CONFIG, SPLIT):
+        assert path.is_file(), path
+    for path in (KERAS, INT8, FP16):
+        assert path.stat().st_size < 25e6, path
+        if path.suffix == ".tflite":
+            assert path.with_name(path.name + ".json").is_file()
+    assert INT8.stat().st_size < 0.3 * FP16.stat().st_size * 2  # int8 <= 30% of fp32 (~2x fp16)
+
+
+def test_loads_safely_and_matches_card_and_config():
+    model = keras.models.load_model(KERAS, safe_mode=True, compile=False)
+    embedded = TrainConfig.from_dict(read_model_config(KERAS), source=str(KERAS))
+    shipped = TrainConfig.from_dict(json.loads(CONFIG.read_text()), source=str(CONFIG))
+    # the training config file reproduces the run: same everything but where data/out were
+    assert embedded.replace(data=None, out="x", cache_dir=None) == \
+        shipped.replace(data=None, out="x", cache_dir=None)
+    table = card_table()
+    assert int(table["parameters"].replace(",", "")) == model.count_params()
+    for key in ("base_filters", "depth", "segmentation_levels", "output_mode"):
+        assert table[key] == str(getattr(embedded.model, key)), key
+    for key in ("epochs", "steps_per_epoch", "batch_size", "seed", "loss", "label_convention"):
+        assert table[key] == str(getattr(embedded, key)), key
+    assert table["patch_size"] == "x".join(map(str, embedded.patch_size))
+    assert table["modalities"] == ", ".join(embedded.modalities)
+    # the LiteRT files were exported from this model: their reports carry the same config
+    for path in (INT8, FP16):
+        report = json.loads(path.with_name(path.name + ".json").read_text())
+        assert TrainConfig.from_dict(report["config"]).model == embedded.model
+
+
+@pytest.fixture(scope="module")
+def shipped_predictions(val_case, tmp_path_factory):
+    """predict.py without --model, and with the int8 file, on one real validation case."""
+    out = tmp_path_factory.mktemp("shipped")
+    done = {}
+    for name, extra in (("keras", []), ("int8", ["--model", str(INT8)])):
+        code = predict_cli.main(["--input", str(val_case), "--out", str(out / name), *extra])
+        assert code == 0
+        done[name] = nib.load(out / name / f"{val_case.name}.nii.gz")
+    return done
+
+
+def test_default_model_segments_a_validation_case(val_case, shipped_predictions, capsys):
+    seg = nib.load(next(val_case.glob("*_seg.nii*")))
+    pred = shipped_predictions["keras"]
+    assert pred.shape == seg.shape
+    np.testing.assert_allclose(pred.affine, seg.affine, atol=1e-4)
+    dice = whole_tumor_dice(np.asarray(pred.dataobj), np.asarray(seg.dataobj))
+    assert dice > 0.80, dice  # regression guard; the card has the evaluation
+
+
+def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
+    code = predict_cli.main(["--input", str(val_case), "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"model: {KERAS}" in out and f"see {CARD}" in out
+
+
+def test_int8_agrees_with_keras(shipped_predictions):
+    keras_seg = np.asarray(shipped_predictions["keras"].dataobj)
+    int8_seg = np.asarray(shipped_predictions["int8"].dataobj)
+    assert whole_tumor_dice(keras_seg, int8_seg) >= 0.97
+
+
+def test_fine_tune_starts_from_the_shipped_weights(tmp_path, capsys):
+    shipped = keras.models.load_model(KERAS, safe_mode=True, compile=False)
+    run = tmp_path / "ft"
+    config = tmp_path / "two_cases.yaml"  # two synthetic cases: one trains, one validates
+    config.write_text("synthetic_cases: 2\nsynthetic_shape: [64, 64, 48]\n"
+                      "val_patches_per_case: 1\nval_fraction: 0.5\n")
+    code = train_cli.main([
+        "--init-from", str(KERAS), "--freeze-encoder-epochs", "1", "--out", str(run),
+        "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--steps-per-epoch", "2",
+        "--patch-size", "48", "--batch-size", "1", "--learning-rate", "0.01",
+        "--config", str(config),
+    ])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert f"from {KERAS}" in out
+    tuned = keras.models.load_model(run / "best.keras", safe_mode=True, compile=False)
+    assert tuned.count_params() == shipped.count_params()  # the architecture came along
+    fresh = keras.Model.from_config(shipped.get_config())  # what no --init-from would give
+    for layer in encoder_layers(shipped):  # frozen during the only epoch: loaded, unchanged
+        for mine, theirs in zip(tuned.get_layer(layer.name).get_weights(),
+                                layer.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    kernel = lambda m: np.asarray(m.get_layer("enc0_conv").get_weights()[0])  # noqa: E731
+    assert not np.array_equal(kernel(fresh), kernel(shipped))
+    moved = lambda m: np.asarray(m.get_layer("dec0_localization_conv3").get_weights()[0])  # noqa: E731
+    delta = np.abs(moved(tuned) - moved(shipped)).max()
+    assert 0 < delta < 0.1  # trained a little, from the shipped weights, not from scratch
