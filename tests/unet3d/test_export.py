@@ -270,3 +270,31 @@ def test_cli_exports_and_refuses_bad_input(tiny_models, tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith("export: error:"), err
         assert needle in lines[0], (needle, lines[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "m.tflite.json", "run"]
+
+
+def test_tflite_fp32_matches_the_exact_function_at_a_full_window(tmp_path):
+    """At a 96^3 window the LiteRT fp32 file is within 1e-4 of the float64 network.
+
+    Keras' own float32 GroupNormalization computes the variance as
+    E[x^2] - E[x]^2 and drifts from the exact function as windows grow (7e-4
+    relative at 128^3 on the shipped model, see the README); the lowered graph
+    centres before squaring and reduces one axis at a time, so it is compared
+    with the float64 computation of the same network, not with Keras float32.
+    """
+    keras.utils.set_random_seed(11)
+    config = ModelConfig(base_filters=8, depth=4, segmentation_levels=3)  # the edge preset
+    model = build_unet3d(config)
+    keras.config.set_dtype_policy("float64")
+    try:
+        exact = build_unet3d(config)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    exact.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    window = (96, 96, 96)
+    x = _random((1, *window, 4), seed=12)
+    reference = exact(x.astype(np.float64), training=False).numpy()
+    out = tmp_path / "edge_fp32.tflite"
+    export_litert(model, out, "fp32", window=window, calibration=[x],
+                  config=TrainConfig(model=config).to_dict())
+    got = LiteRTModel(out, threads=2).predict_fn(x)
+    assert _rel_err(reference, got) <= 1e-4
