@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--configs", default="fp32,fp32-eigen,bf16",
+                        help="fp32 (oneDNN kernels), fp32-eigen (TF_ENABLE_ONEDNN_OPTS=0), bf16")
     parser.add_argument("--bf16-tta", action="store_true", help="also bf16 with TTA (slow)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -110,30 +113,34 @@ def main(argv: list[str] | None = None) -> int:
           f"{flops / 1e9:.0f} GFLOP per pass; numpy float32 matmul peak {peak:.0f} GFLOP/s "
           f"-> ideal {flops / peak / 1e9:.2f} s per pass")
 
-    configs = [("fp32", False), ("bf16", False)]
+    # (label, precision, TTA, oneDNN): each in its own process, kernels chosen at TF load
+    configs = [("fp32", "fp32", False, "1"), ("fp32-eigen", "fp32", False, "0"),
+               ("bf16", "bf16", False, "1")]
     if not args.no_tta:
-        configs.insert(1, ("fp32", True))
-    if args.bf16_tta:  # TF's CPU bf16 3D convolutions are slow: 8 passes take long
-        configs.append(("bf16", True))
+        configs.insert(1, ("fp32", "fp32", True, "1"))
+    if args.bf16_tta:  # bf16 3D convolutions are slow on CPUs without AVX-512 BF16
+        configs.append(("bf16", "bf16", True, "1"))
+    configs = [c for c in configs if c[0] in args.configs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         model_path = save_model(build_unet3d(config.model), Path(tmp) / "model.keras",
                                 config.to_dict())
-        print(f"{'precision':9} {'TTA':4} {'mode':6} {'load+prep':>9} {'network':>8} "
+        print(f"{'kernels':10} {'TTA':4} {'mode':6} {'load+prep':>9} {'network':>8} "
               f"{'write':>6} {'total':>7} {'net/ideal':>9} {'peak GB':>7}")
-        for precision, tta in configs:
+        for label, precision, tta, onednn in configs:
             cmd = [sys.executable, __file__, "--worker", "--model", str(model_path),
                    "--case", args.case, "--out", str(Path(tmp) / "out"),
                    "--precision", precision, "--base-filters", str(args.base_filters),
                    "--depth", str(args.depth)] + (["--tta"] if tta else [])
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
-                print(f"{precision} tta={tta}: failed\n{proc.stderr[-2000:]}")
+                print(f"{label} tta={tta}: failed\n{proc.stderr[-2000:]}")
                 continue
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             rt = result["runtime"]
             passes = 8 if tta else 1
             ratio = rt["network"] / (passes * flops / peak / 1e9)
-            print(f"{precision:9} {'yes' if tta else 'no':4} {result['mode']:6} "
+            print(f"{label:10} {'yes' if tta else 'no':4} {result['mode']:6} "
                   f"{rt['load_preprocess']:8.2f}s {rt['network']:7.2f}s {rt['write']:5.2f}s "
                   f"{rt['total']:6.2f}s {ratio:8.2f}x {result['peak_gb']:7.2f}")
     return 0
