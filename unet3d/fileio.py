@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +15,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it over ``path`` on success.
 
     The temporary name keeps the final suffixes (``.nii.gz``, ``.keras``) so
-    libraries that dispatch on the extension still work. On error the
-    temporary file is removed and ``path`` is left untouched.
+    libraries that dispatch on the extension still work. The file gets the
+    permissions a plain ``open`` would give (``0o666`` less the umask), or
+    those of the file it replaces, not ``mkstemp``'s owner-only ``0o600``. On
+    error the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,10 +30,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp_path, _mode_for(path))
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _mode_for(path: Path) -> int:
+    """The existing file's permission bits, else ``0o666`` less the process umask."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
