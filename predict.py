@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep a small enhancing tumor instead of relabelling it necrosis")
     parser.add_argument("--et-threshold", type=int, default=500,
                         help="enhancing tumors below this many voxels become necrosis")
+    parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
+                        help="keep only the largest connected tumor component (default: on "
+                             "for the shipped models/ files, whose validation it improved; off "
+                             "otherwise)")
     parser.add_argument("--preview", action="store_true", help="PNG montage of axial slices")
     parser.add_argument("--mesh", choices=("stl", "obj"), help="surface mesh per region (mm)")
     parser.add_argument("--gt", help="ground-truth folder: score the predictions (CSV + table)")
@@ -77,6 +81,7 @@ def settings_from_args(args: argparse.Namespace):
     return PredictSettings(labels=args.labels, tta=args.tta, mode=args.mode, patch_size=patch,
                            overlap=args.overlap, postprocess=not args.no_postprocess,
                            et_min_voxels=args.et_threshold, preview=args.preview,
+                           largest_component=bool(args.largest_component),
                            mesh=args.mesh, overwrite=args.overwrite,
                            max_memory_gb=args.max_memory_gb, threads=args.threads)
 
@@ -95,10 +100,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--patch-size takes one or three sizes")
     ensure_writable_dir(out, "--out")
     shipped = args.model is None
-    if shipped:
-        from unet3d.pretrained import shipped_path
+    from unet3d.pretrained import is_shipped, shipped_path
 
+    if shipped:
         args.model = str(shipped_path())
+    if args.largest_component is None and is_shipped(args.model):
+        from dataclasses import replace
+
+        # the post-processing the shipped model was validated with (its card)
+        settings = replace(settings, largest_component=True)
     model = load_for_inference(args.model, threads=settings.threads)
     if settings.patch_size and any(p % model.stride for p in settings.patch_size):
         raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "

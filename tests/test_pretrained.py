@@ -105,6 +105,9 @@ def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert f"model: {KERAS}" in out and f"see {CARD}" in out
+    report = json.loads((tmp_path / f"{val_case.name}.json").read_text())
+    assert report["settings"]["largest_component"] is True  # the card's post-processing
+    assert report["model"]["path"] == str(KERAS)
 
 
 def test_int8_agrees_with_keras(shipped_predictions):

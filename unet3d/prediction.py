@@ -37,6 +37,10 @@ class PredictSettings:
         postprocess: bool, default True. Relabel a small enhancing tumor as
             necrosis (Isensee et al., BraTS 2018).
         et_min_voxels: int, default 500. Threshold of that post-processing.
+        largest_component: bool, default False. Keep only the largest
+            connected tumor component (whole tumor, 26-connected), as
+            nnU-Net's post-processing does when it helps on validation;
+            ``predict.py`` turns it on for the shipped model.
         preview: bool, default False. Write a PNG montage.
         mesh: str or None. ``stl`` or ``obj``: a surface mesh per region.
         threads: int, default 2. LiteRT interpreter threads.
@@ -51,6 +55,7 @@ class PredictSettings:
     overlap: float = 0.5
     postprocess: bool = True
     et_min_voxels: int = 500
+    largest_component: bool = False
     preview: bool = False
     mesh: str | None = None
     overwrite: bool = False
@@ -153,6 +158,22 @@ def suppress_small_enhancing(classes: np.ndarray, min_voxels: int) -> tuple[np.n
     return classes, False
 
 
+def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Zeroes every tumor voxel outside the largest 26-connected whole-tumor component.
+
+    Returns:
+        The class map and the number of components removed.
+    """
+    from scipy import ndimage
+
+    components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return classes, 0
+    sizes = np.bincount(components.ravel())[1:]
+    return np.where(components == 1 + int(np.argmax(sizes)), classes, 0).astype(classes.dtype), \
+        count - 1
+
+
 def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict[str, Path]:
     """Every file written for one case, keyed by kind."""
     paths = {"segmentation": out_dir / f"{case_id}{NIFTI_SUFFIX}",
@@ -210,7 +231,9 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
     mode = predictor.resolved_mode(cropped.shape)
     probs = predictor(cropped)
     classes = probabilities_to_classes(probs, model.output_mode)
-    relabelled = False
+    relabelled, removed = False, 0
+    if settings.largest_component:
+        classes, removed = keep_largest_component(classes)
     if settings.postprocess:
         classes, relabelled = suppress_small_enhancing(classes, settings.et_min_voxels)
     full = uncrop(classes, box, properties["original_shape"])
@@ -240,6 +263,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         "spacing_mm": properties["spacing"],
         "volumes": region_volumes(full, properties["spacing"]),
         "small_enhancing_relabelled": relabelled,
+        "components_removed": removed,
         "model": {"path": str(model.path), "modalities": list(model.modalities),
                   "output_mode": model.output_mode},
         "settings": {**asdict(settings), "resolved_mode": mode},
