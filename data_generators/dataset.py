@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -211,33 +212,74 @@ class EpochSpan(keras.utils.PyDataset):
     Batch ``k`` is ``dataset.batch_at(initial_epoch + k // steps, k % steps)``,
     a pure function of its position. Pass ``steps_per_epoch`` to ``fit`` and
     Keras keeps one iterator across epochs, so what each epoch trains on does
-    not depend on when Keras prefetches or on worker threads, and a resumed
-    run (``initial_epoch``) sees exactly the batches an uninterrupted one did.
+    not depend on when Keras prefetches, and a resumed run (``initial_epoch``)
+    sees exactly the batches an uninterrupted one did.
+
+    The span prefetches with its own ``workers`` threads and presents itself to
+    Keras as a single-worker dataset: Keras' threaded enqueuer stops at every
+    epoch end and, when the next epoch starts, requests indices from 0 again,
+    after whatever batches it happened to have queued. Under CPU load that
+    replayed early batches (seen in tests), so Keras must only ever read the
+    span in order.
 
     Args:
         dataset: BratsPatchDataset. Its ``len`` is the steps per epoch.
         initial_epoch: int, default 0. First epoch.
         epochs: int, default 1. One past the last epoch.
-        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size``.
+        workers: int, default 1. Threads computing batches ahead (0 or 1:
+            none, batches are computed when asked for).
+        max_queue_size: int, default 10. Batches computed ahead at most.
+        use_multiprocessing: accepted for the PyDataset signature; threads
+            are used either way (batches are numpy work that releases the GIL).
     """
 
     def __init__(self, dataset: BratsPatchDataset, initial_epoch: int = 0, epochs: int = 1,
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
+                 workers: int = 1, max_queue_size: int = 10,
+                 use_multiprocessing: bool = False) -> None:
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         if epochs <= initial_epoch:
             raise ValueError(f"epochs ({epochs}) must exceed initial_epoch ({initial_epoch})")
         self.dataset = dataset
         self.initial_epoch = int(initial_epoch)
         self.epochs = int(epochs)
+        self.prefetch_threads = int(workers) if int(workers) > 1 else 0
+        self.ahead = max(1, int(max_queue_size))
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[int, Future] = {}
 
     def __len__(self) -> int:
         return (self.epochs - self.initial_epoch) * len(self.dataset)
 
+    def _compute(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        epoch, index = divmod(int(k), len(self.dataset))
+        return self.dataset.batch_at(self.initial_epoch + epoch, index)
+
     def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= k < len(self):
             raise IndexError(f"batch {k} out of range 0..{len(self) - 1}")
-        epoch, index = divmod(int(k), len(self.dataset))
-        return self.dataset.batch_at(self.initial_epoch + epoch, index)
+        if not self.prefetch_threads:
+            return self._compute(k)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.prefetch_threads,
+                                            thread_name_prefix="EpochSpan")
+        for ahead in range(k, min(k + 1 + self.ahead, len(self))):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._pool.submit(self._compute, ahead)
+        for stale in [i for i in self._pending if i < k]:  # out of order: not needed
+            self._pending.pop(stale).cancel()
+        return self._pending.pop(k).result()
+
+    def close(self, wait: bool = True) -> None:
+        """Stops the prefetch threads (also done when the span is garbage collected)."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+            pool.shutdown(wait=wait)
+
+    def __del__(self) -> None:
+        self.close(wait=False)
 
 
 def split_cases(

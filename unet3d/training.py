@@ -333,9 +333,14 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
                              max_queue_size=config.max_queue_size)
             fit_data = dict(x=span, steps_per_epoch=config.steps_per_epoch,
                             validation_data=val_data, shuffle=False)
-        with fit_context(model, dist, val_data[0]):
-            fitted = model.fit(**fit_data, epochs=config.epochs, initial_epoch=initial_epoch,
-                               callbacks=callbacks, verbose=verbose)
+        try:
+            with fit_context(model, dist, val_data[0]):
+                fitted = model.fit(**fit_data, epochs=config.epochs,
+                                   initial_epoch=initial_epoch, callbacks=callbacks,
+                                   verbose=verbose)
+        finally:
+            if isinstance(fit_data["x"], EpochSpan):
+                fit_data["x"].close()
         history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
 
     if not dist.is_chief:  # the chief evaluates and reports

@@ -181,6 +181,7 @@ def test_epoch_span_is_a_pure_function_of_position(cases):
                              seed=5)
     span = EpochSpan(base, initial_epoch=5, epochs=7, workers=2, max_queue_size=2)
     assert len(span) == 6
+    assert span.workers == 1 and span.prefetch_threads == 2  # Keras reads in order; we prefetch
     for k in range(6):
         expected = base.batch_at(5 + k // 3, k % 3)
         np.testing.assert_array_equal(span[k][0], expected[0])
@@ -204,3 +205,4 @@ def test_epoch_span_is_a_pure_function_of_position(cases):
               callbacks=[Record()])
     expected = [float(base.batch_at(5 + k // 3, k % 3)[0][0, 0, 0, 0].sum()) for k in range(6)]
     np.testing.assert_allclose(consumed, expected, rtol=1e-6)
+    span.close()
