@@ -100,14 +100,10 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def inherited_values(model_path: str) -> dict:
     """Architecture, patch size and modalities of a pretrained ``.keras`` model."""
-    from pathlib import Path
-
+    from unet3d.finetune import source_path
     from unet3d.saving import read_model_config
 
-    path = Path(model_path)
-    if not path.is_file():
-        raise InputError(f"--init-from {path}: model file not found")
-    embedded = read_model_config(path) or {}
+    embedded = read_model_config(source_path(model_path)) or {}
     return {key: embedded[key] for key in INHERITED if key in embedded}
 
 

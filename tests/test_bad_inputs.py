@@ -209,20 +209,21 @@ def affine_mismatch(ws):
     return [str(path), "affine differs"]
 
 
-def nan_voxels(ws):
-    path = ws.file("flair")
-    data = voxels(path).astype(np.float32)
-    data[10, 10, 10] = np.nan
-    rewrite(path, data)
-    return [str(path), "NaN or infinite"]
+def non_finite_voxel(key: str, index: tuple[int, int, int], value: float):
+    """Corruption: one voxel of modality ``key`` set to NaN or infinity."""
+
+    def corrupt(ws):
+        path = ws.file(key)
+        data = voxels(path).astype(np.float32)
+        data[index] = value
+        rewrite(path, data)
+        return [str(path), "NaN or infinite"]
+
+    return corrupt
 
 
-def inf_voxels(ws):
-    path = ws.file("t1")
-    data = voxels(path).astype(np.float32)
-    data[5, 6, 7] = np.inf
-    rewrite(path, data)
-    return [str(path), "NaN or infinite"]
+nan_voxels = non_finite_voxel("flair", (10, 10, 10), np.nan)
+inf_voxels = non_finite_voxel("t1", (5, 6, 7), np.inf)
 
 
 def all_zero_scan(ws):

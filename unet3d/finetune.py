@@ -91,26 +91,39 @@ def transfer_weights(model: keras.Model, source: keras.Model, source_name: str) 
     return transfer
 
 
-def check_init_from(config) -> None:
-    """Refuses, before a run writes anything, a ``--init-from`` model that cannot start it.
+def source_path(path: str | Path) -> Path:
+    """``path`` as a Path; InputError naming ``--init-from`` if no such file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--init-from {path}: model file not found")
+    return path
+
+
+def load_source(config) -> keras.Model:
+    """Loads the ``--init-from`` model once, refusing one that cannot start the run.
+
+    Called before a run writes anything: the weights are tried on a
+    throwaway copy of the run's network, so a mismatch is an error up front.
 
     Args:
         config: TrainConfig with ``init_from`` set.
+
+    Returns:
+        The pretrained keras.Model, for :func:`init_from`.
     """
     from unet3d.model import build_unet3d
     from unet3d.saving import load_model
 
-    transfer_weights(build_unet3d(config.model), load_model(config.init_from),
-                     str(config.init_from))
+    source = load_model(source_path(config.init_from))
+    transfer_weights(build_unet3d(config.model), source, str(config.init_from))
+    return source
 
 
-def init_from(model: keras.Model, path: str | Path, log=print) -> Transfer:
-    """Loads the ``.keras`` file at ``path`` (safe mode) and copies its weights into ``model``."""
-    from unet3d.saving import load_model
-
-    source = load_model(path)
-    transfer = transfer_weights(model, source, str(path))
-    log(transfer.describe(Path(path)))
+def init_from(model: keras.Model, source: keras.Model, source_name: str | Path,
+              log=print) -> Transfer:
+    """Copies the pretrained ``source``'s weights into ``model`` and logs what it did."""
+    transfer = transfer_weights(model, source, str(source_name))
+    log(transfer.describe(Path(source_name)))
     return transfer
 
 

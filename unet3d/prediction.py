@@ -169,9 +169,8 @@ def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
     components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return classes, 0
-    sizes = np.bincount(components.ravel())[1:]
-    return np.where(components == 1 + int(np.argmax(sizes)), classes, 0).astype(classes.dtype), \
-        count - 1
+    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    return np.where(components == largest, classes, 0).astype(classes.dtype), count - 1
 
 
 def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict[str, Path]:

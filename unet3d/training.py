@@ -150,12 +150,11 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
                f"training with --patch-size {patch}, --batch-size {config.batch_size} and "
                f"--base-filters {config.model.base_filters}",
                "lower --patch-size or --batch-size")
+    init_source = None
     if config.init_from and not resume:
-        from unet3d.finetune import check_init_from
+        from unet3d.finetune import load_source
 
-        if not Path(config.init_from).is_file():
-            raise InputError(f"--init-from {config.init_from}: model file not found")
-        check_init_from(config)
+        init_source = load_source(config)
     if dist.is_chief:
         run_dir = prepare_run_dir(config, resume)
     else:  # the chief owns --out; this worker only reads it (when resuming)
@@ -198,7 +197,8 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2) + "\n")
 
     with precision_policy(config.mixed_precision):
-        return _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist)
+        return _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
+                    init_source)
 
 
 def truncate_log(path: Path, epochs: int) -> None:
@@ -232,17 +232,22 @@ def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, d
     return scores
 
 
-def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist) -> TrainResult:
+def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
+         init_source=None) -> TrainResult:
     from unet3d.distribute import output_dir
 
     with output_dir(run_dir, dist) as write_dir:
         return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
-                       log, dist)
+                       log, dist, init_source)
 
 
 def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, log,
-            dist) -> TrainResult:
-    """Trains; checkpoints and logs go to ``write_dir`` (``run_dir`` on the chief)."""
+            dist, init_source=None) -> TrainResult:
+    """Trains; checkpoints and logs go to ``write_dir`` (``run_dir`` on the chief).
+
+    ``init_source`` is the pretrained model of ``--init-from``, already loaded
+    and checked by :func:`unet3d.finetune.load_source`.
+    """
     import keras
 
     from data_generators.augmentation import AugmentationConfig
@@ -292,8 +297,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
                 loss=make_loss(config.loss, mode),
                 metrics=region_metrics(mode),
             )
-            if config.init_from:
-                init_from(model, config.init_from, log=log)
+            if init_source is not None:
+                init_from(model, init_source, config.init_from, log=log)
         if config.freeze_encoder_epochs:  # the encoder's variables join at the switch
             build_optimizer_for_all(model)
     log(f"model {model.name}: {model.count_params():,} parameters, "
