@@ -40,7 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
                         help="sliding window size (default: the training patch size)")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding window overlap")
-    parser.add_argument("--max-memory-gb", type=float, default=4.0)
+    parser.add_argument("--max-memory-gb", type=float, default=4.0,
+                        help="auto mode slides windows when the whole volume would need more")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="what a .keras network computes in: bf16 only where the CPU has "
+                             "avx512_bf16 or amx_bf16 (or on a GPU), else ~20x slower; auto "
+                             "(default) picks bf16 exactly there")
     parser.add_argument("--no-postprocess", action="store_true",
                         help="keep a small enhancing tumor instead of relabelling it necrosis")
     parser.add_argument("--et-threshold", type=int, default=500,
@@ -109,12 +114,16 @@ def run(args: argparse.Namespace) -> int:
 
         # the post-processing the shipped model was validated with (its card)
         settings = replace(settings, largest_component=True)
-    model = load_for_inference(args.model, threads=settings.threads)
+    from unet3d.precision import resolve_precision
+
+    precision = resolve_precision(args.precision)
+    model = load_for_inference(args.model, threads=settings.threads, precision=precision)
     if settings.patch_size and any(p % model.stride for p in settings.patch_size):
         raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "
                          f"network's stride {model.stride}")
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
-    print(f"model: {model.path} ({model.output_mode}, modalities "
+    kind = "LiteRT" if model.fixed_window else model.precision
+    print(f"model: {model.path} ({model.output_mode}, {kind}, modalities "
           f"{', '.join(model.modalities)}{card})")
 
     if is_case_folder(source):

@@ -56,7 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fold", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int, help="PyDataset loader threads")
-    parser.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"))
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                        help="fp32, bf16 (mixed_bfloat16; only where the CPU has avx512_bf16 "
+                             "or amx_bf16, or on a GPU) or auto (bf16 exactly there); default: "
+                             "the config's mixed_precision (off = fp32)")
+    parser.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"),
+                        help="the config field itself; fp16 needs a GPU")
     parser.add_argument("--output-mode", choices=("regions", "labels"))
     parser.add_argument("--loss", choices=("dice", "dice_ce"))
     parser.add_argument("--label-convention", help="brats2017 (default), brats2023 or msd")
@@ -95,6 +100,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         changes["patch_size"] = tuple(sizes * 3 if len(sizes) == 1 else sizes)
     if args.no_augment:
         changes["augment"] = False
+    if args.precision:
+        from unet3d.precision import resolve_precision
+
+        resolved = resolve_precision(args.precision)
+        changes["mixed_precision"] = "off" if resolved == "fp32" else resolved
     return config.replace(**changes) if changes else config
 
 

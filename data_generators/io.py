@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,12 @@ def load_case(
     channels = []
     ref_img = None
     ref_path = case.images[0]
-    for path in case.images:
-        data, img = read_volume(Path(path))
+    # gzip inflation releases the GIL: the modalities decode side by side; the
+    # checks below still run in modality order, so errors name the same file
+    with ThreadPoolExecutor(max_workers=len(case.images)) as pool:
+        reads = [pool.submit(read_volume, Path(path)) for path in case.images]
+    for path, read in zip(case.images, reads, strict=True):
+        data, img = read.result()
         if ref_img is None:
             ref_img = img
             ref_shape = data.shape

@@ -96,6 +96,9 @@ class TrainConfig:
         loss: "dice" (weighted soft Dice) or "dice_ce" (plus (B)CE).
         val_fraction: share of cases held out; ignored when ``folds`` > 1.
         folds, fold: k-fold split and the fold used for validation.
+        validation_cases: tuple of str or None. An explicit validation set
+            (case ids); every other case trains. Overrides ``val_fraction``
+            and ``folds`` (as nnU-Net's ``splits_final.json``).
         val_patches_per_case: fixed validation patches per case.
         foreground_fraction: share of patches centred on a tumor voxel.
         augment: apply the paper's augmentations to training patches.
@@ -132,6 +135,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     folds: int = 1
     fold: int = 0
+    validation_cases: tuple[str, ...] | None = None
     val_patches_per_case: int = 2
     foreground_fraction: float = 1.0 / 3.0
     augment: bool = True
@@ -167,6 +171,8 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.validation_cases is not None and not self.validation_cases:
+            raise InputError("validation_cases must list at least one case id")
         if not 0 <= self.fold < self.folds:
             raise InputError(f"--fold must lie in 0..{self.folds - 1}, got {self.fold}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
@@ -199,7 +205,7 @@ class TrainConfig:
         model_values = values.pop("model", {}) or {}
         _check_keys(cls, values, source)
         _check_keys(ModelConfig, model_values, f"{source} [model]")
-        for key in ("patch_size", "synthetic_shape", "modalities"):
+        for key in ("patch_size", "synthetic_shape", "modalities", "validation_cases"):
             if key in values and values[key] is not None:
                 values[key] = tuple(values[key])
         try:

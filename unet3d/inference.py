@@ -81,8 +81,8 @@ def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int = 1
 
 def predict_whole(predict_fn: PredictFn, image: np.ndarray, multiple: int) -> np.ndarray:
     """The whole `(X, Y, Z, C)` volume in one pass, padded to ``multiple``."""
-    padded, region = pad_to(image, image.shape[:3], multiple)
-    return predict_fn(padded[None].astype(np.float32))[0][region]
+    padded, region = pad_to(image.astype(np.float32, copy=False), image.shape[:3], multiple)
+    return predict_fn(padded[None])[0][region]
 
 
 def predict_sliding(predict_fn: PredictFn, image: np.ndarray, patch_size: Sequence[int],
@@ -120,23 +120,104 @@ def predict_sliding(predict_fn: PredictFn, image: np.ndarray, patch_size: Sequen
 
 
 def mirror_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
-    """Mean of ``predict`` over the 8 combinations of flipping the three spatial axes."""
+    """Mean of ``predict`` over the 8 combinations of flipping the three spatial axes.
+
+    Eight passes, one at a time, summed in place into one buffer: the memory
+    of about two passes (the running sum and the pass in flight).
+    """
     result = None
     for count in range(4):
         for axes in itertools.combinations(range(3), count):
-            flipped = np.flip(image, axes) if axes else image
-            out = predict(np.ascontiguousarray(flipped))
+            flipped = np.ascontiguousarray(np.flip(image, axes)) if axes else image
+            out = predict(flipped)
+            del flipped
             out = np.flip(out, axes) if axes else out
-            result = out if result is None else result + out
-    return result / 8.0
+            if result is None:
+                result = np.array(out, dtype=np.float32)
+            else:
+                result += out
+            del out
+    result /= 8.0
+    return result
 
 
-def keras_predict_fn(model) -> PredictFn:
-    """A ``predict_fn`` running a Keras model in inference mode."""
+def eager_predict_fn(model) -> PredictFn:
+    """A ``predict_fn`` calling a Keras model eagerly (slow; the reference in tests)."""
     import keras
 
     def run(batch: np.ndarray) -> np.ndarray:
         return keras.ops.convert_to_numpy(model(batch, training=False)).astype(np.float32)
+
+    return run
+
+
+def keras_predict_fn(model) -> PredictFn:
+    """A ``predict_fn`` running a Keras model compiled for inference, on any backend.
+
+    Eager calls are slow and memory-hungry (the default network on a
+    144x176x144 volume: 16 s and 8.3 GB eagerly, 2.3 s and 2.3 GB compiled).
+    So the forward pass is compiled once and reused:
+
+    * TensorFlow: one ``tf.function`` graph per batch size and channel count,
+      with open spatial sizes, so windows and cases of any size reuse it and
+      nothing is retraced (measured: a second volume size runs at the speed
+      of the first, no tracing). XLA is not used: ~9x slower on CPUs.
+    * JAX: ``jax.jit`` over ``model.stateless_call`` (jit caches one
+      executable per input shape).
+    * PyTorch: the eager module under ``torch.inference_mode``.
+
+    Returns float32 probabilities whatever the model's dtype policy.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return _tensorflow_predict_fn(model)
+    if backend == "jax":
+        return _jax_predict_fn(model)
+    if backend == "torch":
+        import torch
+
+        def run_torch(batch: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                out = model(batch, training=False)
+            return keras.ops.convert_to_numpy(out).astype(np.float32, copy=False)
+
+        return run_torch
+    return eager_predict_fn(model)
+
+
+def _tensorflow_predict_fn(model) -> PredictFn:
+    import tensorflow as tf
+
+    forward = tf.function(lambda x: model(x, training=False), autograph=False)
+    graphs: dict[tuple[int, int], Callable] = {}
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        key = (batch.shape[0], batch.shape[-1])
+        graph = graphs.get(key)
+        if graph is None:  # open spatial sizes: one graph serves every volume
+            spec = tf.TensorSpec((key[0], None, None, None, key[1]), tf.float32)
+            graph = graphs[key] = forward.get_concrete_function(spec)
+        out = graph(tf.convert_to_tensor(batch, dtype=tf.float32))
+        return out.numpy().astype(np.float32, copy=False)
+
+    run.tracing_count = forward.experimental_get_tracing_count
+    return run
+
+
+def _jax_predict_fn(model) -> PredictFn:
+    import jax
+
+    @jax.jit
+    def forward(trainable, non_trainable, x):
+        out, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return out
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return np.asarray(forward(trainable, non_trainable, batch), dtype=np.float32)
 
     return run
 

@@ -76,17 +76,25 @@ class LoadedModel:
     patch_size: tuple[int, int, int]
     label_convention: str
     fixed_window: bool = False  # LiteRT files take exactly one window size
+    precision: str = "fp32"  # what the network computes in (LiteRT: its own types)
 
 
-def load_for_inference(path: str | Path, threads: int = 2) -> LoadedModel:
+def load_for_inference(path: str | Path, threads: int = 2, precision: str = "fp32"
+                       ) -> LoadedModel:
     """Loads a ``.keras`` or LiteRT ``.tflite`` model and its training config.
 
     The config is embedded in a ``.keras`` file (or in ``config.json``
     beside it); an exported ``.tflite`` keeps it in ``<file>.json`` beside.
+    A ``.keras`` model is rebuilt in ``precision`` whatever it was trained in
+    (the weights are float32 either way) and runs compiled
+    (:func:`unet3d.inference.keras_predict_fn`).
 
     Args:
         path: str or Path of the model.
         threads: int, default 2. LiteRT interpreter threads.
+        precision: str, default "fp32". ``fp32`` or ``bf16``, already
+            resolved (:func:`unet3d.precision.resolve_precision`); ignored
+            for ``.tflite`` files.
 
     Raises:
         InputError: the file is not a model, has no config, or its input
@@ -112,11 +120,29 @@ def load_for_inference(path: str | Path, threads: int = 2) -> LoadedModel:
     if model.output_shape[-1] != config.model.out_channels:
         raise InputError(f"{path}: the model has {model.output_shape[-1]} outputs but its config "
                          f"says output mode {config.model.output_mode!r}")
+    model = with_precision(model, config.model, precision)
     return LoadedModel(path=path, predict_fn=keras_predict_fn(model),
                        modalities=tuple(config.modalities), output_mode=config.model.output_mode,
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(config.patch_size),
-                       label_convention=config.label_convention)
+                       label_convention=config.label_convention, precision=precision)
+
+
+def with_precision(model, model_config, precision: str):
+    """``model`` itself if it already computes in ``precision``, else a rebuilt copy.
+
+    A model trained in ``mixed_bfloat16`` keeps float32 variables, so the
+    copy takes the same weights in either direction.
+    """
+    from unet3d.model import build_unet3d
+    from unet3d.precision import dtype_policy, policy_scope
+
+    if model.dtype_policy.name == dtype_policy(precision):
+        return model
+    with policy_scope(precision):
+        rebuilt = build_unet3d(model_config, name=model.name)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 def _load_litert(path: Path, threads: int) -> LoadedModel:
@@ -215,6 +241,10 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         cropped, _, box = preprocess_case(image, None)
     except ValueError as err:
         raise InputError(f"{case.images[0]}: {err}") from None
+    # only the preview needs the raw scan; freed, it does not add to the network's peak
+    flair = model.modalities.index("flair") if "flair" in model.modalities else -1
+    preview_image = image[..., flair].copy() if settings.preview else None
+    del image
     loaded = time.perf_counter()
 
     patch_size = tuple(settings.patch_size or model.patch_size)
@@ -242,8 +272,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
     out_dir.mkdir(parents=True, exist_ok=True)
     save_segmentation(labels, properties, paths["segmentation"])
     if settings.preview:
-        flair = model.modalities.index("flair") if "flair" in model.modalities else -1
-        preview_montage(image[..., flair], full, paths["preview"])
+        preview_montage(preview_image, full, paths["preview"])
     if settings.mesh:
         affine = np.asarray(properties["affine"])
         from unet3d.labels import classes_to_regions
@@ -264,7 +293,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         "small_enhancing_relabelled": relabelled,
         "components_removed": removed,
         "model": {"path": str(model.path), "modalities": list(model.modalities),
-                  "output_mode": model.output_mode},
+                  "output_mode": model.output_mode,
+                  "precision": "litert" if model.fixed_window else model.precision},
         "settings": {**asdict(settings), "resolved_mode": mode},
         "runtime_s": {"load_preprocess": loaded - start, "network": network - loaded,
                       "write": written - network, "total": written - start},

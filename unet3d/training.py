@@ -64,24 +64,19 @@ def default_cache_root() -> Path:
 
 @contextlib.contextmanager
 def precision_policy(mode: str):
-    """Sets Keras' global dtype policy for the duration of a run, then restores it."""
-    import keras
+    """Sets Keras' global dtype policy for ``mixed_precision`` ``mode`` during a run."""
+    from unet3d.precision import policy_scope
 
-    names = {"off": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(names[mode])
-    try:
+    with policy_scope({"off": "fp32"}.get(mode, mode)):
         yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _check_precision(mode: str) -> None:
     if mode != "fp16":
         return
-    import tensorflow as tf
+    from unet3d.precision import has_gpu
 
-    if not tf.config.list_physical_devices("GPU"):
+    if not has_gpu():
         raise InputError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or off")
 
 
@@ -176,6 +171,14 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     if resume and (run_dir / "split.json").is_file():
         split = json.loads((run_dir / "split.json").read_text())
         train_ids, val_ids = split["train"], split["validation"]
+    elif config.validation_cases:
+        unknown = sorted(set(config.validation_cases) - set(by_id))
+        if unknown:
+            raise InputError(f"validation_cases: {', '.join(unknown)} not found in {data_dir}")
+        val_ids = sorted(config.validation_cases)
+        train_ids = sorted(set(by_id) - set(val_ids))
+        if not train_ids:
+            raise InputError(f"validation_cases: every case of {data_dir} is held out")
     else:
         train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.seed,
                                          config.folds, config.fold)

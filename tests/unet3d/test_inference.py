@@ -75,7 +75,7 @@ def test_mirror_tta():
 
 
 def test_predictor_auto_mode_follows_memory_budget():
-    # 64^3 x 16 maps x 34 x 4 B = 0.53 GB plus 1 GB runtime: fits 2 GB; 400^3 does not
+    # 64^3 x 16 maps x 8 x 4 B = 0.13 GB plus 1 GB runtime: fits 2 GB; 400^3 (32 GB) does not
     small = Predictor(voxelwise, stride=8, patch_size=(16, 16, 16), max_memory_gb=2.0)
     assert small.resolved_mode((64, 64, 64)) == "whole"
     assert small.resolved_mode((400, 400, 400)) == "sliding"
@@ -88,10 +88,11 @@ def test_predictor_auto_mode_follows_memory_budget():
 def test_memory_refusals_name_the_option(monkeypatch):
     from unet3d.errors import InputError
 
-    monkeypatch.setenv("UNET3D_MEMORY_GB", "3")
+    # 144x176x144 x 16 x 8 x 4 B = 1.74 GiB + 1 GiB runtime = 2.7 GB > 2 GB
+    monkeypatch.setenv("UNET3D_MEMORY_GB", "2")
     whole = Predictor(voxelwise, stride=16, patch_size=(128, 128, 128), mode="whole")
     with pytest.raises(InputError, match="--mode whole on a 144x176x144 volume needs about "
-                                         r"\d+\.\d GB but only 3\.0 GB are available; use --mode"):
+                                         r"2\.7 GB but only 2\.0 GB are available; use --mode"):
         whole.resolved_mode((138, 170, 144))
     sliding = Predictor(voxelwise, stride=16, patch_size=(256, 256, 256), mode="sliding")
     with pytest.raises(InputError, match="lower --patch-size"):
@@ -101,9 +102,27 @@ def test_memory_refusals_name_the_option(monkeypatch):
     assert auto.resolved_mode((138, 170, 144)) == "sliding"
 
 
+def test_mirror_tta_memory_is_about_two_passes():
+    import tracemalloc
+
+    image = np.random.default_rng(4).normal(size=(40, 36, 32, 2)).astype(np.float32)
+    out_bytes = image[..., :1].nbytes * 3  # a 3-channel float32 output per pass
+
+    def three_channels(x):
+        return np.repeat(x[..., :1] * 2.0, 3, axis=-1)
+
+    tracemalloc.start()
+    result = mirror_tta(three_channels, image)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_allclose(result, three_channels(image), rtol=1e-6)
+    # the running sum, one pass in flight (plus its temporaries) and one flipped input
+    assert peak <= 2 * out_bytes + image[..., :1].nbytes * 2 + image.nbytes
+
+
 def test_memory_estimates_by_hand():
     from unet3d.memory import inference_bytes, training_bytes
 
     gib = 2**30
     assert training_bytes((128, 128, 128), 2, 16) == 128**3 * 2 * 16 * 70 * 4 + gib
-    assert inference_bytes((10, 10, 10), 8) == 1000 * 8 * 34 * 4 + gib
+    assert inference_bytes((10, 10, 10), 8) == 1000 * 8 * 8 * 4 + gib

@@ -1,0 +1,267 @@
+#!/usr/bin/env python
+"""Files to NIfTI on one real case: this project's predict pipeline against MONAI's.
+
+Both sides segment the same real BraTS case, from the four ``.nii.gz`` files to
+a written label map, with the same network shape: 5 levels, 16..256 filters,
+instance norm, leaky ReLU 0.01, untrained weights (timing does not depend on
+them).
+
+* ours: ``unet3d.prediction.predict_case`` (compiled whole-volume pass, the
+  default of ``predict.py``), in fp32, in bf16, and with the 8-mirror TTA;
+* MONAI: ``DynUNet`` through ``monai.inferers.sliding_window_inference``
+  (128^3 windows, overlap 0.5, Gaussian), fp32 (and bf16 autocast with
+  ``--peer-bf16``), from ``bench/peers/monai_dynunet.py``.
+
+Every configuration runs in its own process, the two sides alternating for
+``--rounds`` rounds; each process segments the case twice and reports both
+times (the first includes building the compiled graph) and its peak resident
+memory (``wait4``). The peer lives in its own virtual environment, made on
+first use (``pip install torch==2.13.0`` takes the CPU wheel on this machine's
+disk, then ``pip install --no-deps monai==1.6.1``, numpy and nibabel); it is
+never a dependency of this project.
+
+Then, unless ``--no-folder``: a folder of ``--folder-cases`` real cases through
+one process, the peak memory of each case (``VmHWM``, reset between cases).
+
+Usage:
+    python bench/bench_vs_monai.py [--case ../shared/data/brats2018/Brats18_CBICA_AMH_1]
+        [--rounds 2] [--no-tta] [--peer-bf16] [--folder-cases 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "brats2018"
+DEFAULT_CASE = DATA / "Brats18_CBICA_AMH_1"
+PEER_VENV = Path.home() / ".cache" / "unet3d" / "bench-peers" / "monai"
+PEER_SCRIPT = REPO / "bench" / "peers" / "monai_dynunet.py"
+PEER_PACKAGES = (["torch==2.13.0"], ["--no-deps", "monai==1.6.1"],
+                 ["numpy==2.4.6", "nibabel==5.4.2"])
+
+
+def ensure_peer(venv: Path) -> Path:
+    """The peer's python, installing its venv on first use."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"installing the MONAI peer into {venv} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        for packages in PEER_PACKAGES:
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages],
+                           check=True)
+    return python
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[dict, float]:
+    """Runs ``cmd``; returns its last stdout line as JSON and its peak RSS in GB."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{err.read()[-3000:]}")
+        lines = out.read().strip().splitlines()
+    return json.loads(lines[-1]), usage.ru_maxrss / 2**20
+
+
+def ours_worker(args: argparse.Namespace) -> None:
+    """One configuration of ours in this process: prints a JSON line."""
+    from unet3d.prediction import PredictSettings, load_for_inference, predict_case
+    from unet3d.tf_env import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    model = load_for_inference(args.model, precision=args.precision)
+    settings = PredictSettings(tta=args.tta, overwrite=True, largest_component=False)
+    times, network = [], []
+    for _ in range(2):
+        start = time.perf_counter()
+        report = predict_case(args.case, args.out, model, settings)
+        times.append(time.perf_counter() - start)
+        network.append(report["runtime_s"]["network"])
+    print(json.dumps({"times": times, "network": network,
+                      "mode": report["settings"]["resolved_mode"]}))
+
+
+def folder_worker(args: argparse.Namespace) -> None:
+    """A folder of cases through one process: per-case time and peak memory (VmHWM)."""
+    from unet3d.prediction import PredictSettings, load_for_inference, predict_case
+    from unet3d.tf_env import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
+    model = load_for_inference(args.model, precision=args.precision)
+    settings = PredictSettings(overwrite=True)
+    rows = []
+    for case in sorted(Path(args.case).iterdir()):
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        start = time.perf_counter()
+        predict_case(case, args.out, model, settings)
+        seconds = time.perf_counter() - start
+        status = Path("/proc/self/status").read_text()
+        hwm = next(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith("VmHWM"))
+        rows.append({"case": case.name, "seconds": seconds, "peak_gb": hwm / 2**20})
+    print(json.dumps(rows))
+
+
+def flops_and_peak(case: str) -> tuple[float, float, tuple[int, ...]]:
+    """Conv GFLOP of one whole-volume pass of the default network, numpy's sgemm GFLOP/s."""
+    import numpy as np
+
+    from data_generators.io import find_case, load_case
+    from data_generators.preprocessing import preprocess_case
+    from unet3d.config import ModelConfig
+    from unet3d.model import build_unet3d, conv_flops
+
+    image, _, _ = load_case(find_case(case))
+    cropped, _, _ = preprocess_case(image, None)
+    padded = tuple(s + (-s % 16) for s in cropped.shape[:3])
+    flops = conv_flops(build_unet3d(ModelConfig(), spatial_shape=padded))
+    a = np.random.default_rng(0).random((4096, 4096), dtype=np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - start)
+    return flops / 1e9, 2 * 4096**3 / best / 1e9, padded
+
+
+def cpu_line() -> str:
+    from unet3d.precision import NATIVE_BF16_FLAGS, cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", *NATIVE_BF16_FLAGS) if f in flags]
+    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default=str(DEFAULT_CASE))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-tta", action="store_true")
+    parser.add_argument("--no-bf16", action="store_true", help="skip our bf16 row")
+    parser.add_argument("--peer-bf16", action="store_true", help="also MONAI in bf16 autocast")
+    parser.add_argument("--peer-venv", default=str(PEER_VENV))
+    parser.add_argument("--no-folder", action="store_true")
+    parser.add_argument("--folder-cases", type=int, default=20)
+    parser.add_argument("--worker", choices=("ours", "folder"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    if args.worker == "ours":
+        ours_worker(args)
+        return 0
+    if args.worker == "folder":
+        folder_worker(args)
+        return 0
+
+    from unet3d.tf_env import apply_defaults, import_tensorflow_quietly
+
+    apply_defaults()
+    import_tensorflow_quietly()
+    from unet3d.config import TrainConfig
+    from unet3d.model import build_unet3d
+    from unet3d.precision import native_bf16
+    from unet3d.saving import save_model
+
+    peer = ensure_peer(Path(args.peer_venv))
+    gflop, sgemm, padded = flops_and_peak(args.case)
+    print(f"machine: {cpu_line()}")
+    print(f"case {Path(args.case).name}, cropped and padded to {'x'.join(map(str, padded))}; "
+          f"default network: {gflop:.0f} GFLOP of convolutions per pass; numpy float32 "
+          f"matmul {sgemm:.0f} GFLOP/s -> ideal {gflop / sgemm:.2f} s per pass")
+
+    bf16 = native_bf16() and not args.no_bf16
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig()
+        model_path = save_model(build_unet3d(config.model), Path(tmp) / "default.keras",
+                                config.to_dict())
+        ours = [("ours fp32", "fp32", False)]
+        if bf16:
+            ours.append(("ours bf16", "bf16", False))
+        if not args.no_tta:
+            ours.append(("ours fp32 TTA x8", "fp32", True))
+            if bf16:
+                ours.append(("ours bf16 TTA x8", "bf16", True))
+        peers = [("MONAI fp32", "fp32")] + ([("MONAI bf16", "bf16")] if args.peer_bf16 else [])
+        results: dict[str, list] = {}
+        for round_ in range(args.rounds):
+            # alternate: ours, peer, ours, peer, ...
+            order = [("ours", o) for o in ours]
+            for index, p in enumerate(peers):
+                order.insert(min(2 * index + 1, len(order)), ("peer", p))
+            for side, item in order:
+                if side == "ours":
+                    label, precision, tta = item
+                    cmd = [sys.executable, __file__, "--worker", "ours", "--model",
+                           str(model_path), "--case", args.case, "--out", f"{tmp}/ours",
+                           "--precision", precision] + (["--tta"] if tta else [])
+                else:
+                    label, precision = item
+                    cmd = [str(peer), str(PEER_SCRIPT), "--case", args.case,
+                           "--out", f"{tmp}/peer", "--precision", precision]
+                result, peak = run_measured(cmd)
+                results.setdefault(label, []).append((result, peak))
+                print(f"round {round_ + 1}: {label}: {result['times'][-1]:.2f} s "
+                      f"(first {result['times'][0]:.2f} s), peak {peak:.2f} GB", flush=True)
+
+        def warm(label):  # per case once the process runs: the second segmentation
+            return statistics.median(r["times"][-1] for r, _ in results[label])
+
+        def peak(label):
+            return max(p for _, p in results[label])
+
+        base = warm("MONAI fp32")
+        print()
+        print(f"{'configuration':20} {'files->NIfTI':>12} {'first call':>10} {'peak GB':>8} "
+              f"{'vs MONAI fp32':>13} {'net/ideal':>9}")
+        for label in results:
+            first = statistics.median(r["times"][0] for r, _ in results[label])
+            ratio = base / warm(label)
+            ideal = ""
+            if label.startswith("ours"):
+                passes = 8 if "TTA" in label else 1
+                net = statistics.median(r["network"][-1] for r, _ in results[label])
+                ideal = f"{net / (passes * gflop / sgemm):.2f}x"
+            print(f"{label:20} {warm(label):11.2f}s {first:9.2f}s {peak(label):8.2f} "
+                  f"{ratio:12.2f}x {ideal:>9}")
+        print("(files->NIfTI: median over rounds of the second case in a process; first call: "
+              "the first, with graph building; ratio > 1: faster than MONAI fp32)")
+
+        if not args.no_folder:
+            folder = Path(tmp) / "folder"
+            folder.mkdir()
+            cases = sorted(p for p in DATA.iterdir() if p.is_dir())[:args.folder_cases]
+            for case in cases:
+                (folder / case.name).symlink_to(case.resolve())
+            cmd = [sys.executable, __file__, "--worker", "folder", "--model", str(model_path),
+                   "--case", str(folder), "--out", f"{tmp}/folder_out", "--precision", "fp32"]
+            rows, _ = run_measured(cmd)
+            first, last = rows[0]["peak_gb"], rows[-1]["peak_gb"]
+            highest = max(r["peak_gb"] for r in rows)
+            print(f"\nfolder of {len(rows)} real cases, ours fp32, one process: peak memory "
+                  f"first case {first:.2f} GB, last {last:.2f} GB (last/first "
+                  f"{last / first:.3f}), highest {highest:.2f} GB; median "
+                  f"{statistics.median(r['seconds'] for r in rows):.2f} s per case")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
