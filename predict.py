@@ -47,13 +47,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "avx512_bf16 or amx_bf16 (or on a GPU), else ~20x slower; auto "
                              "(default) picks bf16 exactly there")
     parser.add_argument("--no-postprocess", action="store_true",
-                        help="keep a small enhancing tumor instead of relabelling it necrosis")
-    parser.add_argument("--et-threshold", type=int, default=500,
-                        help="enhancing tumors below this many voxels become necrosis")
+                        help="no post-processing at all (neither step below)")
+    parser.add_argument("--et-threshold", type=int,
+                        help="enhancing tumors below this many voxels become necrosis; 0: off "
+                             "(default: the plan stored with the model, else 500)")
     parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
-                        help="keep only the largest connected tumor component (default: on "
-                             "for the shipped models/ files, whose validation it improved; off "
-                             "otherwise)")
+                        help="keep only the largest connected tumor component (default: the "
+                             "plan chosen on validation and stored with the model, else off)")
     parser.add_argument("--preview", action="store_true", help="PNG montage of axial slices")
     parser.add_argument("--mesh", choices=("stl", "obj"), help="surface mesh per region (mm)")
     parser.add_argument("--gt", help="ground-truth folder: score the predictions (CSV + table)")
@@ -81,12 +81,14 @@ def settings_from_args(args: argparse.Namespace):
         if len(args.patch_size) not in (1, 3) or min(args.patch_size) <= 0:
             raise InputError("--patch-size takes one or three positive sizes")
         patch = tuple(args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size)
+    if args.et_threshold is not None and args.et_threshold < 0:
+        raise InputError(f"--et-threshold must be >= 0, got {args.et_threshold}")
     if not 0 <= args.overlap < 1:
         raise InputError(f"--overlap must lie in [0, 1), got {args.overlap}")
     return PredictSettings(labels=args.labels, tta=args.tta, mode=args.mode, patch_size=patch,
                            overlap=args.overlap, postprocess=not args.no_postprocess,
                            et_min_voxels=args.et_threshold, preview=args.preview,
-                           largest_component=bool(args.largest_component),
+                           largest_component=args.largest_component,
                            mesh=args.mesh, overwrite=args.overwrite,
                            max_memory_gb=args.max_memory_gb, threads=args.threads)
 
@@ -105,15 +107,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--patch-size takes one or three sizes")
     ensure_writable_dir(out, "--out")
     shipped = args.model is None
-    from unet3d.pretrained import is_shipped, shipped_path
-
     if shipped:
-        args.model = str(shipped_path())
-    if args.largest_component is None and is_shipped(args.model):
-        from dataclasses import replace
+        from unet3d.pretrained import shipped_path
 
-        # the post-processing the shipped model was validated with (its card)
-        settings = replace(settings, largest_component=True)
+        args.model = str(shipped_path())
     from unet3d.precision import resolve_precision
 
     precision = resolve_precision(args.precision)
@@ -123,8 +120,12 @@ def run(args: argparse.Namespace) -> int:
                          f"network's stride {model.stride}")
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
     kind = "LiteRT" if model.fixed_window else model.precision
+    from unet3d.prediction import resolve_plan
+
+    plan, source = resolve_plan(model.postprocessing, settings)
     print(f"model: {model.path} ({model.output_mode}, {kind}, modalities "
           f"{', '.join(model.modalities)}{card})")
+    print(f"post-processing ({source}): {plan.describe()}")
 
     if is_case_folder(source):
         report = predict_case(source, out, model, settings)

@@ -13,12 +13,12 @@ import numpy as np
 from unet3d.errors import InputError
 from unet3d.fileio import atomic_write_text
 from unet3d.labels import (
-    CLASSES,
     REGIONS,
     classes_to_labels,
     regions_to_classes,
     resolve_convention,
 )
+from unet3d.postprocessing import PostProcessing, read_plan
 
 NIFTI_SUFFIX = ".nii.gz"
 
@@ -34,13 +34,14 @@ class PredictSettings:
         patch_size: tuple of int or None. Sliding window; None: the model's
             training patch size.
         overlap: float, default 0.5.
-        postprocess: bool, default True. Relabel a small enhancing tumor as
-            necrosis (Isensee et al., BraTS 2018).
-        et_min_voxels: int, default 500. Threshold of that post-processing.
-        largest_component: bool, default False. Keep only the largest
-            connected tumor component (whole tumor, 26-connected), as
-            nnU-Net's post-processing does when it helps on validation;
-            ``predict.py`` turns it on for the shipped model.
+        postprocess: bool, default True. False: no post-processing at all.
+        et_min_voxels: int or None. Enhancing tumors below this many voxels
+            become necrosis (Isensee et al., BraTS 2018); None: the model's
+            stored plan (:mod:`unet3d.postprocessing`), else 500.
+        largest_component: bool or None. Keep only the largest connected
+            tumor component (26-connected), as nnU-Net's post-processing
+            does when it helps on validation; None: the model's stored plan,
+            else off.
         preview: bool, default False. Write a PNG montage.
         mesh: str or None. ``stl`` or ``obj``: a surface mesh per region.
         threads: int, default 2. LiteRT interpreter threads.
@@ -54,8 +55,8 @@ class PredictSettings:
     patch_size: tuple[int, int, int] | None = None
     overlap: float = 0.5
     postprocess: bool = True
-    et_min_voxels: int = 500
-    largest_component: bool = False
+    et_min_voxels: int | None = None
+    largest_component: bool | None = None
     preview: bool = False
     mesh: str | None = None
     overwrite: bool = False
@@ -77,6 +78,7 @@ class LoadedModel:
     label_convention: str
     fixed_window: bool = False  # LiteRT files take exactly one window size
     precision: str = "fp32"  # what the network computes in (LiteRT: its own types)
+    postprocessing: PostProcessing | None = None  # the plan stored with the model file
 
 
 def load_for_inference(path: str | Path, threads: int = 2, precision: str = "fp32"
@@ -125,7 +127,8 @@ def load_for_inference(path: str | Path, threads: int = 2, precision: str = "fp3
                        modalities=tuple(config.modalities), output_mode=config.model.output_mode,
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(config.patch_size),
-                       label_convention=config.label_convention, precision=precision)
+                       label_convention=config.label_convention, precision=precision,
+                       postprocessing=read_plan(path))
 
 
 def with_precision(model, model_config, precision: str):
@@ -163,7 +166,7 @@ def _load_litert(path: Path, threads: int) -> LoadedModel:
                        modalities=tuple(config.modalities), output_mode=config.model.output_mode,
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(runner.window), label_convention=config.label_convention,
-                       fixed_window=True)
+                       fixed_window=True, postprocessing=read_plan(path))
 
 
 def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
@@ -173,30 +176,18 @@ def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
-def suppress_small_enhancing(classes: np.ndarray, min_voxels: int) -> tuple[np.ndarray, bool]:
-    """Isensee et al.'s BraTS 2018 rule: fewer than ``min_voxels`` ET voxels become necrosis."""
-    enhancing = classes == CLASSES.index("enhancing")
-    count = int(enhancing.sum())
-    if 0 < count < min_voxels:
-        classes = classes.copy()
-        classes[enhancing] = CLASSES.index("necrosis")
-        return classes, True
-    return classes, False
-
-
-def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
-    """Zeroes every tumor voxel outside the largest 26-connected whole-tumor component.
-
-    Returns:
-        The class map and the number of components removed.
-    """
-    from scipy import ndimage
-
-    components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return classes, 0
-    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
-    return np.where(components == largest, classes, 0).astype(classes.dtype), count - 1
+def resolve_plan(stored: PostProcessing | None, settings: PredictSettings
+                 ) -> tuple[PostProcessing, str]:
+    """The plan a prediction applies and where it came from (options > model > defaults)."""
+    if not settings.postprocess:
+        return PostProcessing(largest_component=False, et_min_voxels=0), "off (--no-postprocess)"
+    plan, source = (stored, "model") if stored is not None else (PostProcessing(), "default")
+    if settings.largest_component is not None or settings.et_min_voxels is not None:
+        lc = plan.largest_component if settings.largest_component is None \
+            else settings.largest_component
+        et = plan.et_min_voxels if settings.et_min_voxels is None else settings.et_min_voxels
+        plan, source = PostProcessing(largest_component=lc, et_min_voxels=et), "options"
+    return plan, source
 
 
 def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict[str, Path]:
@@ -260,11 +251,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
     mode = predictor.resolved_mode(cropped.shape)
     probs = predictor(cropped)
     classes = probabilities_to_classes(probs, model.output_mode)
-    relabelled, removed = False, 0
-    if settings.largest_component:
-        classes, removed = keep_largest_component(classes)
-    if settings.postprocess:
-        classes, relabelled = suppress_small_enhancing(classes, settings.et_min_voxels)
+    plan, plan_source = resolve_plan(model.postprocessing, settings)
+    classes, changes = plan.apply(classes)
     full = uncrop(classes, box, properties["original_shape"])
     network = time.perf_counter()
 
@@ -290,8 +278,9 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         "label_convention": resolve_convention(settings.labels),
         "spacing_mm": properties["spacing"],
         "volumes": region_volumes(full, properties["spacing"]),
-        "small_enhancing_relabelled": relabelled,
-        "components_removed": removed,
+        **changes,
+        "postprocessing": {"largest_component": plan.largest_component,
+                           "et_min_voxels": plan.et_min_voxels, "source": plan_source},
         "model": {"path": str(model.path), "modalities": list(model.modalities),
                   "output_mode": model.output_mode,
                   "precision": "litert" if model.fixed_window else model.precision},

@@ -24,11 +24,3 @@ def shipped_path(name: str = DEFAULT_NAME, suffix: str = ".keras") -> Path:
         raise InputError(f"{path}: the shipped model is missing (restore it with "
                          "`git checkout models/`, or pass --model)")
     return path
-
-
-def is_shipped(path: str | Path) -> bool:
-    """Whether ``path`` is one of the files in ``models/``."""
-    try:
-        return Path(path).resolve().parent == MODELS_DIR.resolve()
-    except OSError:
-        return False

@@ -367,6 +367,11 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
             len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"], val_dice["ET"],
             val_dice["mean"]))
-    log(f"TensorBoard logs: {tensorboard_dir}  (tensorboard --logdir {run_dir})")
+    from unet3d.hparams import write_trial
+
+    write_trial(run_dir, {**config.to_dict(), "train_cases": len(train_cases)}, val_dice,
+                {"hours": result.seconds / 3600})
+    log(f"TensorBoard logs: {tensorboard_dir}  (tensorboard --logdir {run_dir}; runs side "
+        "by side: --logdir on their parent folder, HParams tab)")
     log(f"finished in {result.seconds / 60:.1f} min")
     return result

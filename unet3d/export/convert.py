@@ -249,7 +249,10 @@ def export_litert(
         raise RuntimeError(f"exported graph still holds {', '.join(bad)}")
 
     output_mode = (config or {}).get("model", {}).get("output_mode") or _output_mode(model)
-    reference = [np.asarray(model(p, training=False), dtype=np.float32) for p in patches]
+    from unet3d.inference import keras_predict_fn
+
+    forward = keras_predict_fn(model)  # compiled once, reused for every patch
+    reference = [forward(np.asarray(p, dtype=np.float32)) for p in patches]
     report: dict[str, Any] = {
         "path": str(out_path),
         "precision": precision,

@@ -1,0 +1,253 @@
+"""Post-processing of predicted class maps, chosen on validation and stored with the model.
+
+As nnU-Net does, the post-processing a model is used with is decided on its
+validation cases and travels with the model file, so the same file gives the
+same result wherever it is copied: inside a ``.keras`` zip as
+``unet3d_postprocessing.json``, and in a ``.tflite``'s ``.tflite.json``
+report under ``"postprocessing"``.
+
+Two steps, in this order:
+
+* keep the largest 26-connected whole-tumor component (nnU-Net's
+  ``remove_all_but_largest_component``);
+* relabel an enhancing tumor of fewer than ``et_min_voxels`` voxels as
+  necrosis (Isensee et al., BraTS 2018: a handful of ET voxels in a case with
+  none costs a Dice of 0).
+
+``python -m unet3d.postprocessing --model M --data DIR --cases ...`` scores
+every candidate on the given validation cases and, with ``--write``, stores
+the best in the model file (and in the ``.tflite`` exports named with
+``--also``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from unet3d.errors import InputError
+from unet3d.fileio import atomic_path, atomic_write_text
+from unet3d.labels import CLASSES
+
+ENTRY = "unet3d_postprocessing.json"
+ET_THRESHOLDS = (0, 200, 500, 1000)
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """A post-processing plan.
+
+    Args:
+        largest_component: bool, default False. Keep only the largest
+            26-connected tumor component.
+        et_min_voxels: int, default 500. Fewer enhancing voxels than this
+            become necrosis; 0 turns the rule off.
+        chosen_on: list of str. Validation case ids the plan was chosen on.
+        scores: dict. Mean validation Dice per candidate, for the record.
+    """
+
+    largest_component: bool = False
+    et_min_voxels: int = 500
+    chosen_on: list[str] = field(default_factory=list)
+    scores: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, classes: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The post-processed class map and what changed."""
+        removed, relabelled = 0, False
+        if self.largest_component:
+            classes, removed = keep_largest_component(classes)
+        if self.et_min_voxels > 0:
+            classes, relabelled = suppress_small_enhancing(classes, self.et_min_voxels)
+        return classes, {"components_removed": removed, "small_enhancing_relabelled": relabelled}
+
+    def describe(self) -> str:
+        parts = ["largest component" if self.largest_component else "all components"]
+        parts.append(f"ET < {self.et_min_voxels} voxels -> necrosis" if self.et_min_voxels
+                     else "no ET relabelling")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> PostProcessing:
+        try:
+            plan = cls(**values)
+        except TypeError as err:
+            raise InputError(f"{source}: not a post-processing plan ({err})") from None
+        if not isinstance(plan.et_min_voxels, int) or plan.et_min_voxels < 0:
+            raise InputError(f"{source}: et_min_voxels must be an integer >= 0")
+        return plan
+
+
+def suppress_small_enhancing(classes: np.ndarray, min_voxels: int) -> tuple[np.ndarray, bool]:
+    """Isensee et al.'s BraTS 2018 rule: fewer than ``min_voxels`` ET voxels become necrosis."""
+    enhancing = classes == CLASSES.index("enhancing")
+    count = int(enhancing.sum())
+    if 0 < count < min_voxels:
+        classes = classes.copy()
+        classes[enhancing] = CLASSES.index("necrosis")
+        return classes, True
+    return classes, False
+
+
+def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Zeroes every tumor voxel outside the largest 26-connected whole-tumor component.
+
+    Returns:
+        The class map and the number of components removed.
+    """
+    components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return classes, 0
+    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    return np.where(components == largest, classes, 0).astype(classes.dtype), count - 1
+
+
+def read_plan(model_path: str | Path) -> PostProcessing | None:
+    """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
+    path = Path(model_path)
+    if path.suffix.lower() == ".tflite":
+        from unet3d.litert import report_path
+
+        report = report_path(path)
+        if not report.is_file():
+            return None
+        try:
+            values = json.loads(report.read_text()).get("postprocessing")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        return PostProcessing.from_dict(values, str(report)) if values else None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if ENTRY not in archive.namelist():
+                return None
+            values = json.loads(archive.read(ENTRY))
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError):
+        return None
+    return PostProcessing.from_dict(values, f"{path} [{ENTRY}]")
+
+
+def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
+    """Stores ``plan`` with the model, replacing any earlier one, atomically."""
+    path = Path(model_path)
+    text = json.dumps(plan.to_dict(), indent=2) + "\n"
+    if path.suffix.lower() == ".tflite":
+        from unet3d.litert import report_path
+
+        report = report_path(path)
+        values = json.loads(report.read_text()) if report.is_file() else {}
+        values["postprocessing"] = plan.to_dict()
+        atomic_write_text(report, json.dumps(values, indent=2) + "\n")
+        return
+    with zipfile.ZipFile(path) as source, atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target:
+            for item in source.infolist():
+                if item.filename != ENTRY:
+                    target.writestr(item, source.read(item.filename))
+            target.writestr(ENTRY, text)
+
+
+def candidates() -> list[PostProcessing]:
+    """Every plan tried: largest component on/off x ET thresholds."""
+    return [PostProcessing(largest_component=lc, et_min_voxels=t)
+            for lc, t in itertools.product((False, True), ET_THRESHOLDS)]
+
+
+def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
+           ) -> tuple[PostProcessing, dict[str, dict[str, float]]]:
+    """The candidate with the best mean validation Dice (WT, TC, ET averaged).
+
+    Ties go to the earlier, simpler candidate. Returns the plan (with its
+    cases and scores recorded) and the mean Dice per region of every
+    candidate.
+    """
+    from unet3d.evaluation import region_dice
+    from unet3d.labels import REGIONS, classes_to_regions
+
+    table: dict[str, dict[str, float]] = {}
+    best, best_score = None, -1.0
+    for plan in candidates():
+        dice = []
+        for case_id, classes in class_maps.items():
+            processed, _ = plan.apply(classes)
+            pred = classes_to_regions(processed).astype(bool)
+            truth = classes_to_regions(truths[case_id]).astype(bool)
+            dice.append(region_dice(pred, truth))
+        means = dict(zip(REGIONS, np.mean(dice, axis=0).tolist(), strict=True))
+        means["mean"] = float(np.mean([means[r] for r in REGIONS]))
+        table[plan.describe()] = means
+        if means["mean"] > best_score + 1e-9:
+            best, best_score = plan, means["mean"]
+    assert best is not None
+    chosen = PostProcessing(best.largest_component, best.et_min_voxels,
+                            chosen_on=sorted(class_maps), scores=table)
+    return chosen, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m unet3d.postprocessing",
+        description="Choose a model's post-processing on validation cases and store it.")
+    parser.add_argument("--model", required=True, help="the .keras model")
+    parser.add_argument("--data", required=True, help="folder of case folders with labels")
+    parser.add_argument("--cases", nargs="+", required=True, help="validation case ids")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
+    parser.add_argument("--write", action="store_true", help="store the choice in the model")
+    parser.add_argument("--also", nargs="*", default=[],
+                        help=".tflite exports of the same model to store it in too")
+    args = parser.parse_args(argv)
+    from unet3d.tf_env import apply_defaults, import_tensorflow_quietly
+
+    apply_defaults()
+    import_tensorflow_quietly()
+    try:
+        plan, table = _choose_for(args)
+    except InputError as err:
+        print(f"unet3d.postprocessing: error: {err}", file=sys.stderr)
+        return 2
+    width = max(len(k) for k in table)
+    print(f"{'candidate':{width}}  WT     TC     ET     mean")
+    for name, scores in table.items():
+        print(f"{name:{width}}  {scores['WT']:.3f}  {scores['TC']:.3f}  {scores['ET']:.3f}  "
+              f"{scores['mean']:.3f}")
+    print(f"chosen on {len(plan.chosen_on)} cases: {plan.describe()}")
+    if args.write:
+        for target in [args.model, *args.also]:
+            write_plan(target, plan)
+            print(f"stored in {target}")
+    return 0
+
+
+def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
+    from data_generators.io import find_case, load_case
+    from data_generators.preprocessing import preprocess_case
+    from unet3d.inference import Predictor
+    from unet3d.precision import resolve_precision
+    from unet3d.prediction import load_for_inference, probabilities_to_classes
+
+    model = load_for_inference(args.model, precision=resolve_precision(args.precision))
+    class_maps, truths = {}, {}
+    for case_id in args.cases:
+        case = find_case(Path(args.data) / case_id, modalities=model.modalities,
+                         require_label=True)
+        image, label, _ = load_case(case, model.label_convention)
+        cropped, label, _ = preprocess_case(image, label)
+        predictor = Predictor(model.predict_fn, stride=model.stride,
+                              patch_size=model.patch_size, base_filters=model.base_filters)
+        class_maps[case_id] = probabilities_to_classes(predictor(cropped), model.output_mode)
+        truths[case_id] = label
+    return choose(class_maps, truths)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
