@@ -94,7 +94,7 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from unet3d.prediction import load_for_inference, output_paths, predict_case
+    from unet3d.prediction import load_for_inference, output_paths, predict_case, resolve_plan
 
     settings = settings_from_args(args)
     source = Path(args.input)
@@ -120,12 +120,10 @@ def run(args: argparse.Namespace) -> int:
                          f"network's stride {model.stride}")
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
     kind = "LiteRT" if model.fixed_window else model.precision
-    from unet3d.prediction import resolve_plan
-
-    plan, source = resolve_plan(model.postprocessing, settings)
+    plan, plan_source = resolve_plan(model.postprocessing, settings)
     print(f"model: {model.path} ({model.output_mode}, {kind}, modalities "
           f"{', '.join(model.modalities)}{card})")
-    print(f"post-processing ({source}): {plan.describe()}")
+    print(f"post-processing ({plan_source}): {plan.describe()}")
 
     if is_case_folder(source):
         report = predict_case(source, out, model, settings)

@@ -15,6 +15,7 @@ import train as train_cli
 from tests.conftest import require_brats
 from unet3d.config import TrainConfig
 from unet3d.finetune import encoder_layers
+from unet3d.postprocessing import read_plan
 from unet3d.pretrained import DEFAULT_NAME, MODELS_DIR
 from unet3d.saving import read_model_config
 
@@ -81,10 +82,13 @@ def test_loads_safely_and_matches_card_and_config():
 
 @pytest.fixture(scope="module")
 def shipped_predictions(val_case, tmp_path_factory):
-    """predict.py without --model, and with the int8 file, on one real validation case."""
+    """predict.py without --model (defaults), with the Keras model on the int8 file's
+    windows in fp32, and with the int8 file, on one real validation case."""
     out = tmp_path_factory.mktemp("shipped")
     done = {}
-    for name, extra in (("keras", []), ("int8", ["--model", str(INT8)])):
+    for name, extra in (("keras", []),
+                        ("keras_windows", ["--mode", "sliding", "--precision", "fp32"]),
+                        ("int8", ["--model", str(INT8)])):
         code = predict_cli.main(["--input", str(val_case), "--out", str(out / name), *extra])
         assert code == 0
         done[name] = nib.load(out / name / f"{val_case.name}.nii.gz")
@@ -106,12 +110,17 @@ def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"model: {KERAS}" in out and f"see {CARD}" in out
     report = json.loads((tmp_path / f"{val_case.name}.json").read_text())
-    assert report["settings"]["largest_component"] is True  # the card's post-processing
+    plan = read_plan(KERAS)  # chosen on validation, stored inside the model file
+    assert plan is not None and plan.chosen_on
+    assert report["postprocessing"] == {"largest_component": plan.largest_component,
+                                        "et_min_voxels": plan.et_min_voxels, "source": "model"}
+    assert f"post-processing (model): {plan.describe()}" in out
     assert report["model"]["path"] == str(KERAS)
 
 
 def test_int8_agrees_with_keras(shipped_predictions):
-    keras_seg = np.asarray(shipped_predictions["keras"].dataobj)
+    # the same windows and blending: what differs is the int8 quantization alone
+    keras_seg = np.asarray(shipped_predictions["keras_windows"].dataobj)
     int8_seg = np.asarray(shipped_predictions["int8"].dataobj)
     assert whole_tumor_dice(keras_seg, int8_seg) >= 0.97
 
