@@ -53,22 +53,9 @@ def _timed(fn) -> float:
 
 def worker(args: argparse.Namespace) -> None:
     """One configuration, in its own process: prints a JSON line."""
-    import keras
-
-    from unet3d.inference import keras_predict_fn
-    from unet3d.model import build_unet3d
     from unet3d.prediction import PredictSettings, load_for_inference, predict_case
 
-    model = load_for_inference(args.model)
-    if args.precision == "bf16":
-        keras.config.set_dtype_policy("mixed_bfloat16")
-        fp32 = keras.models.load_model(args.model, safe_mode=True, compile=False)
-        from unet3d.config import ModelConfig
-
-        cfg = ModelConfig(base_filters=args.base_filters, depth=args.depth)
-        bf16 = build_unet3d(cfg)
-        bf16.set_weights(fp32.get_weights())
-        model.predict_fn = keras_predict_fn(bf16)
+    model = load_for_inference(args.model, precision=args.precision)
     settings = PredictSettings(tta=args.tta, overwrite=True, max_memory_gb=8.0)
     report = predict_case(args.case, args.out, model, settings)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
