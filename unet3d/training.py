@@ -138,6 +138,9 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     dist = make_distribution(config.strategy)
     check_batch_size(config.batch_size, dist)
     _check_precision(config.mixed_precision)
+    if config.data is not None and not Path(config.data).is_dir():  # before the memory check
+        missing = not Path(config.data).exists()
+        raise InputError(f"{config.data}: {'data folder not found' if missing else 'not a folder'}")
     from unet3d.memory import check_fits, training_bytes
 
     patch = "x".join(map(str, config.patch_size))
