@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model",
                         help="a .keras model (its run's config inside or config.json beside "
                              "it) or an exported LiteRT .tflite (its .tflite.json beside it); "
-                             "default: the shipped models/brats18_unet3d_b8.keras")
+                             "default: the shipped models/brats_unet3d_b8_128.keras")
     parser.add_argument("--input", required=True,
                         help="a case folder (four modalities) or a folder of case folders")
     parser.add_argument("--out", required=True, help="output folder")

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "CPU devices); multiworker: the workers of $TF_CONFIG")
     parser.add_argument("--init-from", metavar="MODEL.keras",
                         help="fine-tune: start from this model's weights (e.g. the shipped "
-                             "models/brats18_unet3d_b8.keras); its architecture, patch size and "
+                             "models/brats_unet3d_b8_128.keras); its architecture, patch size and "
                              "modalities are the defaults")
     parser.add_argument("--freeze-encoder-epochs", type=int, metavar="N",
                         help="with --init-from: train only the decoder for the first N epochs")

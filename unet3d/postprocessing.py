@@ -6,10 +6,12 @@ same result wherever it is copied: inside a ``.keras`` zip as
 ``unet3d_postprocessing.json``, and in a ``.tflite``'s ``.tflite.json``
 report under ``"postprocessing"``.
 
-Two steps, in this order:
+Steps, in this order:
 
 * keep the largest 26-connected whole-tumor component (nnU-Net's
-  ``remove_all_but_largest_component``);
+  ``remove_all_but_largest_component``), or, milder, drop only components of
+  fewer than ``min_component_voxels`` voxels (scattered false positives far
+  from the tumor, while a tumor core split from its edema survives);
 * relabel an enhancing tumor of fewer than ``et_min_voxels`` voxels as
   necrosis (Isensee et al., BraTS 2018: a handful of ET voxels in a case with
   none costs a Dice of 0).
@@ -40,6 +42,7 @@ from unet3d.labels import CLASSES
 
 ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
+MIN_COMPONENT_SIZES = (1000, 5000, 20000)
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,15 @@ class PostProcessing:
             26-connected tumor component.
         et_min_voxels: int, default 500. Fewer enhancing voxels than this
             become necrosis; 0 turns the rule off.
+        min_component_voxels: int, default 0. Tumor components smaller than
+            this are removed; 0 keeps them all.
         chosen_on: list of str. Validation case ids the plan was chosen on.
         scores: dict. Mean validation Dice per candidate, for the record.
     """
 
     largest_component: bool = False
     et_min_voxels: int = 500
+    min_component_voxels: int = 0
     chosen_on: list[str] = field(default_factory=list)
     scores: dict[str, Any] = field(default_factory=dict)
 
@@ -65,12 +71,19 @@ class PostProcessing:
         removed, relabelled = 0, False
         if self.largest_component:
             classes, removed = keep_largest_component(classes)
+        elif self.min_component_voxels > 0:
+            classes, removed = remove_small_components(classes, self.min_component_voxels)
         if self.et_min_voxels > 0:
             classes, relabelled = suppress_small_enhancing(classes, self.et_min_voxels)
         return classes, {"components_removed": removed, "small_enhancing_relabelled": relabelled}
 
     def describe(self) -> str:
-        parts = ["largest component" if self.largest_component else "all components"]
+        if self.largest_component:
+            parts = ["largest component"]
+        elif self.min_component_voxels:
+            parts = [f"components >= {self.min_component_voxels} voxels"]
+        else:
+            parts = ["all components"]
         parts.append(f"ET < {self.et_min_voxels} voxels -> necrosis" if self.et_min_voxels
                      else "no ET relabelling")
         return ", ".join(parts)
@@ -84,8 +97,10 @@ class PostProcessing:
             plan = cls(**values)
         except TypeError as err:
             raise InputError(f"{source}: not a post-processing plan ({err})") from None
-        if not isinstance(plan.et_min_voxels, int) or plan.et_min_voxels < 0:
-            raise InputError(f"{source}: et_min_voxels must be an integer >= 0")
+        for name in ("et_min_voxels", "min_component_voxels"):
+            value = getattr(plan, name)
+            if not isinstance(value, int) or value < 0:
+                raise InputError(f"{source}: {name} must be an integer >= 0")
         return plan
 
 
@@ -111,6 +126,23 @@ def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
         return classes, 0
     largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
     return np.where(components == largest, classes, 0).astype(classes.dtype), count - 1
+
+
+def remove_small_components(classes: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:
+    """Zeroes every 26-connected tumor component of fewer than ``min_voxels`` voxels.
+
+    Returns:
+        The class map and the number of components removed.
+    """
+    components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return classes, 0
+    sizes = np.bincount(components.ravel())
+    small = np.flatnonzero(sizes < min_voxels)
+    small = small[small > 0]
+    if small.size == 0:
+        return classes, 0
+    return np.where(np.isin(components, small), 0, classes).astype(classes.dtype), int(small.size)
 
 
 def read_plan(model_path: str | Path) -> PostProcessing | None:
@@ -158,9 +190,11 @@ def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
 
 
 def candidates() -> list[PostProcessing]:
-    """Every plan tried: largest component on/off x ET thresholds."""
-    return [PostProcessing(largest_component=lc, et_min_voxels=t)
-            for lc, t in itertools.product((False, True), ET_THRESHOLDS)]
+    """Every plan tried: all components, small ones dropped, or the largest only, x ET
+    thresholds."""
+    components = [(False, 0), *((False, size) for size in MIN_COMPONENT_SIZES), (True, 0)]
+    return [PostProcessing(largest_component=lc, et_min_voxels=t, min_component_voxels=size)
+            for (lc, size), t in itertools.product(components, ET_THRESHOLDS)]
 
 
 def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
@@ -190,7 +224,7 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
             best, best_score = plan, means["mean"]
     assert best is not None
     chosen = PostProcessing(best.largest_component, best.et_min_voxels,
-                            chosen_on=sorted(class_maps), scores=table)
+                            best.min_component_voxels, chosen_on=sorted(class_maps), scores=table)
     return chosen, table
 
 

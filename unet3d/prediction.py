@@ -186,7 +186,8 @@ def resolve_plan(stored: PostProcessing | None, settings: PredictSettings
         lc = plan.largest_component if settings.largest_component is None \
             else settings.largest_component
         et = plan.et_min_voxels if settings.et_min_voxels is None else settings.et_min_voxels
-        plan, source = PostProcessing(largest_component=lc, et_min_voxels=et), "options"
+        plan, source = PostProcessing(largest_component=lc, et_min_voxels=et,
+                                      min_component_voxels=plan.min_component_voxels), "options"
     return plan, source
 
 
@@ -280,6 +281,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         "volumes": region_volumes(full, properties["spacing"]),
         **changes,
         "postprocessing": {"largest_component": plan.largest_component,
+                           "min_component_voxels": plan.min_component_voxels,
                            "et_min_voxels": plan.et_min_voxels, "source": plan_source},
         "model": {"path": str(model.path), "modalities": list(model.modalities),
                   "output_mode": model.output_mode,

@@ -4,7 +4,11 @@
 --init-from`` fine-tunes it. Each shipped model has four files beside its
 card: ``<name>.keras`` (the config embedded), ``<name>_int8.tflite`` and
 ``<name>_fp16.tflite`` (each with its ``.tflite.json``) and
-``<name>.config.json``, the training config that reproduces it.
+``<name>.config.json``, the training config that reproduces it, and
+``<name>.split.json``. The post-processing chosen on its validation cases is
+stored inside the files themselves (:mod:`unet3d.postprocessing`).
+``brats18_unet3d_b8`` (the first shipped model, 80^3 patches) stays beside it:
+the current model was fine-tuned from it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 from unet3d.errors import InputError
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-DEFAULT_NAME = "brats18_unet3d_b8"
+DEFAULT_NAME = "brats_unet3d_b8_128"
 
 
 def shipped_path(name: str = DEFAULT_NAME, suffix: str = ".keras") -> Path:

@@ -102,3 +102,19 @@ def test_choose_prefers_what_helps_on_validation():
     assert table[plan.describe()]["WT"] == 1.0 and plan.chosen_on == ["c"]
     # WT Dice without the step: 2 * 216 / (216 + 243) by hand
     assert table["all components, no ET relabelling"]["WT"] == pytest.approx(432 / 459)
+
+
+def test_small_components_are_dropped_and_large_ones_kept():
+    from unet3d.postprocessing import PostProcessing, remove_small_components
+
+    classes = np.zeros((30, 30, 30), np.uint8)
+    classes[2:12, 2:12, 2:12] = 2      # 1000 voxels of edema
+    classes[20:25, 20:25, 20:25] = 3   # 125 voxels: a separate core, kept at min 100
+    classes[0, 29, 29] = 2             # 1 stray voxel
+    kept, removed = remove_small_components(classes, 100)
+    assert removed == 1 and kept[0, 29, 29] == 0 and int((kept > 0).sum()) == 1125
+    kept, removed = remove_small_components(classes, 126)
+    assert removed == 2 and int((kept > 0).sum()) == 1000
+    plan = PostProcessing(min_component_voxels=126, et_min_voxels=0)
+    assert plan.describe() == "components >= 126 voxels, no ET relabelling"
+    assert plan.apply(classes)[1]["components_removed"] == 2
