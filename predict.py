@@ -119,9 +119,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "
                          f"network's stride {model.stride}")
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
-    kind = "LiteRT" if model.fixed_window else model.precision
     plan, plan_source = resolve_plan(model.postprocessing, settings)
-    print(f"model: {model.path} ({model.output_mode}, {kind}, modalities "
+    print(f"model: {model.path} ({model.output_mode}, {model.precision}, modalities "
           f"{', '.join(model.modalities)}{card})")
     print(f"post-processing ({plan_source}): {plan.describe()}")
 

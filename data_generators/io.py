@@ -131,11 +131,7 @@ def find_cases(
     Raises:
         InputError: ``root`` missing, not a folder, holding no case, or a bad case.
     """
-    root = Path(root)
-    if not root.exists():
-        raise InputError(f"{root}: data folder not found")
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
+    root = check_data_folder(root)
     cases = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         if any(f.is_file() and _nifti_stem(f.name) is not None for f in sub.iterdir()):
@@ -143,6 +139,16 @@ def find_cases(
     if not cases:
         raise InputError(f"{root}: no case folders with NIfTI files found")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def check_data_folder(root: str | Path) -> Path:
+    """``root`` as a Path; InputError if it is missing or not a folder."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(f"{root}: data folder not found")
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder")
+    return root
 
 
 def read_volume(path: Path, what: str = "image") -> tuple[np.ndarray, nib.Nifti1Image]:

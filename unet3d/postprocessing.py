@@ -115,13 +115,18 @@ def suppress_small_enhancing(classes: np.ndarray, min_voxels: int) -> tuple[np.n
     return classes, False
 
 
+def tumor_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
+    """The 26-connected whole-tumor components: a label map and their count."""
+    return ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+
+
 def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
     """Zeroes every tumor voxel outside the largest 26-connected whole-tumor component.
 
     Returns:
         The class map and the number of components removed.
     """
-    components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+    components, count = tumor_components(classes)
     if count <= 1:
         return classes, 0
     largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
@@ -134,7 +139,7 @@ def remove_small_components(classes: np.ndarray, min_voxels: int) -> tuple[np.nd
     Returns:
         The class map and the number of components removed.
     """
-    components, count = ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
+    components, count = tumor_components(classes)
     if count == 0:
         return classes, 0
     sizes = np.bincount(components.ravel())
@@ -172,7 +177,6 @@ def read_plan(model_path: str | Path) -> PostProcessing | None:
 def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
     """Stores ``plan`` with the model, replacing any earlier one, atomically."""
     path = Path(model_path)
-    text = json.dumps(plan.to_dict(), indent=2) + "\n"
     if path.suffix.lower() == ".tflite":
         from unet3d.litert import report_path
 
@@ -186,7 +190,7 @@ def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
             for item in source.infolist():
                 if item.filename != ENTRY:
                     target.writestr(item, source.read(item.filename))
-            target.writestr(ENTRY, text)
+            target.writestr(ENTRY, json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def candidates() -> list[PostProcessing]:
@@ -208,6 +212,8 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
     from unet3d.evaluation import region_dice
     from unet3d.labels import REGIONS, classes_to_regions
 
+    truth_regions = {case_id: classes_to_regions(truths[case_id]).astype(bool)
+                     for case_id in class_maps}
     table: dict[str, dict[str, float]] = {}
     best, best_score = None, -1.0
     for plan in candidates():
@@ -215,8 +221,7 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
         for case_id, classes in class_maps.items():
             processed, _ = plan.apply(classes)
             pred = classes_to_regions(processed).astype(bool)
-            truth = classes_to_regions(truths[case_id]).astype(bool)
-            dice.append(region_dice(pred, truth))
+            dice.append(region_dice(pred, truth_regions[case_id]))
         means = dict(zip(REGIONS, np.mean(dice, axis=0).tolist(), strict=True))
         means["mean"] = float(np.mean([means[r] for r in REGIONS]))
         table[plan.describe()] = means
@@ -270,14 +275,14 @@ def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     from unet3d.prediction import load_for_inference, probabilities_to_classes
 
     model = load_for_inference(args.model, precision=resolve_precision(args.precision))
+    predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
+                          base_filters=model.base_filters)
     class_maps, truths = {}, {}
     for case_id in args.cases:
         case = find_case(Path(args.data) / case_id, modalities=model.modalities,
                          require_label=True)
         image, label, _ = load_case(case, model.label_convention)
         cropped, label, _ = preprocess_case(image, label)
-        predictor = Predictor(model.predict_fn, stride=model.stride,
-                              patch_size=model.patch_size, base_filters=model.base_filters)
         class_maps[case_id] = probabilities_to_classes(predictor(cropped), model.output_mode)
         truths[case_id] = label
     return choose(class_maps, truths)

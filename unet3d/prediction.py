@@ -77,7 +77,7 @@ class LoadedModel:
     patch_size: tuple[int, int, int]
     label_convention: str
     fixed_window: bool = False  # LiteRT files take exactly one window size
-    precision: str = "fp32"  # what the network computes in (LiteRT: its own types)
+    precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
     postprocessing: PostProcessing | None = None  # the plan stored with the model file
 
 
@@ -166,7 +166,7 @@ def _load_litert(path: Path, threads: int) -> LoadedModel:
                        modalities=tuple(config.modalities), output_mode=config.model.output_mode,
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(runner.window), label_convention=config.label_convention,
-                       fixed_window=True, postprocessing=read_plan(path))
+                       fixed_window=True, precision="litert", postprocessing=read_plan(path))
 
 
 def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
@@ -285,7 +285,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
                            "et_min_voxels": plan.et_min_voxels, "source": plan_source},
         "model": {"path": str(model.path), "modalities": list(model.modalities),
                   "output_mode": model.output_mode,
-                  "precision": "litert" if model.fixed_window else model.precision},
+                  "precision": model.precision},
         "settings": {**asdict(settings), "resolved_mode": mode},
         "runtime_s": {"load_preprocess": loaded - start, "network": network - loaded,
                       "write": written - network, "total": written - start},

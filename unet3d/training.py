@@ -138,9 +138,10 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     dist = make_distribution(config.strategy)
     check_batch_size(config.batch_size, dist)
     _check_precision(config.mixed_precision)
-    if config.data is not None and not Path(config.data).is_dir():  # before the memory check
-        missing = not Path(config.data).exists()
-        raise InputError(f"{config.data}: {'data folder not found' if missing else 'not a folder'}")
+    if config.data is not None:  # a wrong path is named before the memory estimate
+        from data_generators.io import check_data_folder
+
+        check_data_folder(config.data)
     from unet3d.memory import check_fits, training_bytes
 
     patch = "x".join(map(str, config.patch_size))
