@@ -57,6 +57,23 @@ def test_validation_dice_rises(tiny_run):
     assert result.val_dice["WT"] > 0.5
 
 
+def test_training_on_every_case_without_validation(tmp_path):
+    """validation_cases: [] is nnU-Net's fold "all": every case trains, best = last epoch."""
+    config = TrainConfig(out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                         **{**TINY, "epochs": 2, "steps_per_epoch": 2,
+                            "validation_cases": ()})
+    result = train(config, log=lambda *_: None)
+    split = json.loads((result.run_dir / "split.json").read_text())
+    assert split["validation"] == [] and len(split["train"]) == TINY["synthetic_cases"]
+    assert not any(key.startswith("val_") for key in result.history)
+    assert result.val_dice == {} and result.best_epoch == 2
+    assert not (result.run_dir / "validation.json").exists()
+    best = keras.saving.load_model(result.run_dir / "best.keras", compile=False)
+    last = keras.saving.load_model(result.run_dir / "last.keras", compile=False)
+    for a, b in zip(best.get_weights(), last.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_run_directory_contents(tiny_run):
     config, _ = tiny_run

@@ -28,12 +28,14 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     Args:
         run_dir: str or Path. The run directory.
-        monitor: str, default "val_dice_mean". Higher is better.
+        monitor: str or None, default "val_dice_mean". Higher is better. None
+            (no validation): ``best.keras`` is the last epoch's model.
         best_score: float, default -inf. Best score so far (when resuming).
         config: dict or None. The run's TrainConfig, embedded in each file.
     """
 
-    def __init__(self, run_dir, monitor: str = "val_dice_mean", best_score: float = -math.inf,
+    def __init__(self, run_dir, monitor: str | None = "val_dice_mean",
+                 best_score: float = -math.inf,
                  config: dict | None = None):
         super().__init__()
         self.run_dir = Path(run_dir)
@@ -44,9 +46,9 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        score = logs.get(self.monitor)
-        if score is not None and float(score) > self.best_score:
-            self.best_score = float(score)
+        score = logs.get(self.monitor) if self.monitor else None
+        if self.monitor is None or (score is not None and float(score) > self.best_score):
+            self.best_score = float(score) if score is not None else self.best_score
             self.best_epoch = epoch + 1
             save_model(self.model, self.run_dir / "best.keras", self.config)
         save_model(self.model, self.run_dir / "last.keras", self.config)

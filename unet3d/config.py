@@ -98,7 +98,10 @@ class TrainConfig:
         folds, fold: k-fold split and the fold used for validation.
         validation_cases: tuple of str or None. An explicit validation set
             (case ids); every other case trains. Overrides ``val_fraction``
-            and ``folds`` (as nnU-Net's ``splits_final.json``).
+            and ``folds`` (as nnU-Net's ``splits_final.json``). An empty tuple
+            trains on every case without validation (nnU-Net's fold "all"),
+            for the final model of a recipe chosen on a split: ``best.keras``
+            is then the last epoch's model.
         val_patches_per_case: fixed validation patches per case.
         foreground_fraction: share of patches centred on a tumor voxel.
         augment: apply the paper's augmentations to training patches.
@@ -171,8 +174,6 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.validation_cases is not None and not self.validation_cases:
-            raise InputError("validation_cases must list at least one case id")
         if not 0 <= self.fold < self.folds:
             raise InputError(f"--fold must lie in 0..{self.folds - 1}, got {self.fold}")
         if not 0.0 <= self.foreground_fraction <= 1.0:

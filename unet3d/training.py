@@ -175,7 +175,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     if resume and (run_dir / "split.json").is_file():
         split = json.loads((run_dir / "split.json").read_text())
         train_ids, val_ids = split["train"], split["validation"]
-    elif config.validation_cases:
+    elif config.validation_cases is not None:
         unknown = sorted(set(config.validation_cases) - set(by_id))
         if unknown:
             raise InputError(f"validation_cases: {', '.join(unknown)} not found in {data_dir}")
@@ -183,6 +183,8 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         train_ids = sorted(set(by_id) - set(val_ids))
         if not train_ids:
             raise InputError(f"validation_cases: every case of {data_dir} is held out")
+        if not val_ids and dist.distributed:
+            raise InputError("validation_cases: [] (no validation) runs on one process only")
     else:
         train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.seed,
                                          config.folds, config.fold)
@@ -287,7 +289,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     val_data = ValidationPatchDataset(
         val_cases, patch_size=config.patch_size, batch_size=config.batch_size,
         patches_per_case=config.val_patches_per_case, output_mode=mode, seed=config.seed,
-    )
+    ) if val_cases else None  # none: training on every case, best = last epoch
 
     state = read_state(run_dir) if resume else {}
     initial_epoch = int(state.get("epoch", 0))
@@ -314,7 +316,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     lr0, decay = config.learning_rate, config.lr_decay
     tensorboard_dir = write_dir / "tensorboard"
     checkpoint = RunCheckpoint(write_dir, best_score=state.get("best_score") or float("-inf"),
-                               config=config.to_dict())
+                               config=config.to_dict(),
+                               monitor="val_dice_mean" if val_data else None)
     checkpoint.best_epoch = state.get("best_epoch")
     callbacks = [
         EpochSeeds(config.seed),  # dropout masks depend on (seed, epoch): exact resume
@@ -322,9 +325,11 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=resume),
         keras.callbacks.TensorBoard(str(tensorboard_dir), update_freq="epoch",
                                     write_graph=False),
-        ValidationImage(tensorboard_dir, val_data.patch(0), output_mode=mode),
         checkpoint,
     ]
+    if val_data is not None:
+        callbacks.insert(-1, ValidationImage(tensorboard_dir, val_data.patch(0),
+                                             output_mode=mode))
     if config.freeze_encoder_epochs:  # before the checkpoint, which saves at epoch end
         callbacks.insert(0, FreezeEncoder(config.freeze_encoder_epochs))
     verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
@@ -346,7 +351,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
             fit_data = dict(x=span, steps_per_epoch=config.steps_per_epoch,
                             validation_data=val_data, shuffle=False)
         try:
-            with fit_context(model, dist, val_data[0]):
+            with fit_context(model, dist, (val_data or train_data)[0]):
                 fitted = model.fit(**fit_data, epochs=config.epochs,
                                    initial_epoch=initial_epoch, callbacks=callbacks,
                                    verbose=verbose)
@@ -358,19 +363,25 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     if not dist.is_chief:  # the chief evaluates and reports
         return TrainResult(run_dir=run_dir, history=history, best_epoch=checkpoint.best_epoch,
                            seconds=time.time() - start, model=model, is_chief=False)
-    best = load_model(run_dir / "best.keras")
-    per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
-    atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
-    val_dice = {region: float(np.mean([c[region] for c in per_case.values()]))
-                for region in REGIONS}
-    val_dice["mean"] = float(np.mean([val_dice[r] for r in REGIONS]))
+    val_dice = {}
+    if val_cases:
+        best = load_model(run_dir / "best.keras")
+        per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
+        atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
+        val_dice = {region: float(np.mean([c[region] for c in per_case.values()]))
+                    for region in REGIONS}
+        val_dice["mean"] = float(np.mean([val_dice[r] for r in REGIONS]))
     result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
                          best_epoch=checkpoint.best_epoch, seconds=time.time() - start,
                          model=model)
-    log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
-        "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
-            len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"], val_dice["ET"],
-            val_dice["mean"]))
+    if val_cases:
+        log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
+            "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
+                len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"],
+                val_dice["ET"], val_dice["mean"]))
+    else:
+        log(f"trained on all {len(train_cases)} cases, no validation: best.keras is the "
+            "last epoch's model")
     from unet3d.hparams import write_trial
 
     write_trial(run_dir, {**config.to_dict(), "train_cases": len(train_cases)}, val_dice,
