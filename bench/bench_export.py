@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
 BRATS = REPO.parent / "shared" / "data" / "brats2018"
 PRESETS = {"default": {"base_filters": 16, "depth": 5}, "edge": {"base_filters": 8, "depth": 4}}
 SHIPPED = REPO / "models" / "brats18_unet3d_b8.keras"
@@ -46,7 +45,7 @@ def _build(preset: dict, policy: str = "float32", weights: str | None = None):
     import keras
 
     from unet3d.config import ModelConfig
-    from unet3d.model import build_unet3d
+    from unet3d.models.unet import build_unet3d
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
@@ -56,7 +55,7 @@ def _build(preset: dict, policy: str = "float32", weights: str | None = None):
     finally:
         keras.config.set_dtype_policy(previous)
     if weights:
-        from unet3d.saving import load_model
+        from unet3d.artifacts.keras_file import load_model
 
         model.set_weights(load_model(weights).get_weights())
     return model
@@ -78,12 +77,14 @@ def worker(job: dict) -> dict:
     ``phase`` "run" imports only numpy and ``ai_edge_litert``, so its peak
     memory is LiteRT's alone; conversion ("convert") runs in its own process.
     """
-    import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
+    from unet3d.env import apply_defaults
+
+    apply_defaults()  # TensorFlow environment defaults, before TF loads
     patches = np.load(job["patches"])
     kind, result = job["config"], {}
     path = Path(job["dir"]) / f"{kind}.tflite"
     if job.get("phase") == "run":
-        from unet3d.litert import LiteRTModel
+        from unet3d.artifacts.litert_file import LiteRTModel
 
         runner = LiteRTModel(path, threads=job["threads"])
         times, _ = _time(runner.predict_fn, patches[:1], job["reps"])
@@ -103,9 +104,9 @@ def worker(job: dict) -> dict:
         np.save(Path(job["dir"]) / f"{kind}_out.npy", np.concatenate(outs))
         return {"latency_s": float(np.median(times))}
 
+    from unet3d.artifacts.litert_file import op_names
     from unet3d.export.convert import convert
     from unet3d.export.lowering import lower_model
-    from unet3d.litert import op_names
 
     model = _build(job["preset"], weights=job.get("weights"))
     start = time.perf_counter()
@@ -259,7 +260,7 @@ def _agreement(rows: dict, tmp: Path) -> None:
 
 def windows_per_case(window: int, overlap: float = 0.5) -> int:
     """Sliding windows (nnU-Net's step rule) covering :data:`CASE_SHAPE`."""
-    from unet3d.inference import pad_to, sliding_window_steps
+    from unet3d.inference.predictor import pad_to, sliding_window_steps
 
     padded = pad_to(np.zeros((*CASE_SHAPE, 1), np.float32), (window,) * 3, multiple=1)[0]
     steps = sliding_window_steps(padded.shape[:3], (window,) * 3, overlap)

@@ -27,11 +27,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-import unet3d.tf_env  # noqa: E402, F401  (TensorFlow environment defaults, before TF loads)
+from unet3d.env import apply_defaults  # noqa: E402
+
+apply_defaults()  # TensorFlow environment defaults, before TF loads
 
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats2018" / "Brats18_CBICA_AOZ_1"
 
@@ -53,9 +54,10 @@ def _timed(fn) -> float:
 
 def worker(args: argparse.Namespace) -> None:
     """One configuration, in its own process: prints a JSON line."""
-    from unet3d.prediction import PredictSettings, load_for_inference, predict_case
+    from unet3d.artifacts import load_artifact
+    from unet3d.inference.pipeline import PredictSettings, predict_case
 
-    model = load_for_inference(args.model, precision=args.precision)
+    model = load_artifact(args.model, precision=args.precision)
     settings = PredictSettings(tta=args.tta, overwrite=True, max_memory_gb=8.0)
     report = predict_case(args.case, args.out, model, settings)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -84,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_generators.io import find_case, load_case
     from data_generators.preprocessing import preprocess_case
+    from unet3d.artifacts.keras_file import save_model
     from unet3d.config import ModelConfig, TrainConfig
-    from unet3d.model import build_unet3d, conv_flops
-    from unet3d.saving import save_model
+    from unet3d.models.unet import build_unet3d, conv_flops
 
     config = TrainConfig(model=ModelConfig(base_filters=args.base_filters, depth=args.depth))
     image, _, props = load_case(find_case(args.case))

@@ -33,15 +33,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
-from data_generators.augmentation import AugmentationConfig
-from data_generators.dataset import BratsPatchDataset
-from data_generators.io import find_cases, load_case
-from data_generators.preprocessing import PreprocessedCache
+from unet3d.env import apply_defaults
+
+apply_defaults()  # TensorFlow environment defaults, before TF loads
+from data_generators.augmentation import AugmentationConfig  # noqa: E402
+from data_generators.dataset import BratsPatchDataset  # noqa: E402
+from data_generators.io import find_cases, load_case  # noqa: E402
+from data_generators.preprocessing import PreprocessedCache  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2018"
 
@@ -64,9 +64,9 @@ def train_steps_per_second(patch: int, batch: int, base: int, depth: int, steps:
 
     keras.config.set_dtype_policy(policy)
     from unet3d.config import ModelConfig
-    from unet3d.losses import make_loss
-    from unet3d.metrics import region_metrics
-    from unet3d.model import build_unet3d
+    from unet3d.models.losses import make_loss
+    from unet3d.models.metrics import region_metrics
+    from unet3d.models.unet import build_unet3d
 
     model = build_unet3d(ModelConfig(base_filters=base, depth=depth))
     model.compile(optimizer=keras.optimizers.Adam(5e-4), loss=make_loss("dice", "regions"),

@@ -6,7 +6,7 @@ a written label map, with the same network shape: 5 levels, 16..256 filters,
 instance norm, leaky ReLU 0.01, untrained weights (timing does not depend on
 them).
 
-* ours: ``unet3d.prediction.predict_case`` (compiled whole-volume pass, the
+* ours: ``unet3d.inference.pipeline.predict_case`` (compiled whole-volume pass, the
   default of ``predict.py``), in fp32, in bf16, and with the 8-mirror TTA;
 * MONAI: ``DynUNet`` through ``monai.inferers.sliding_window_inference``
   (128^3 windows, overlap 0.5, Gaussian), fp32 (and bf16 autocast with
@@ -77,11 +77,12 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[dict, float]:
 
 def ours_worker(args: argparse.Namespace) -> None:
     """One configuration of ours in this process: prints a JSON line."""
-    from unet3d.prediction import PredictSettings, load_for_inference, predict_case
-    from unet3d.tf_env import import_tensorflow_quietly
+    from unet3d.artifacts import load_artifact
+    from unet3d.env import import_tensorflow_quietly
+    from unet3d.inference.pipeline import PredictSettings, predict_case
 
     import_tensorflow_quietly()
-    model = load_for_inference(args.model, precision=args.precision)
+    model = load_artifact(args.model, precision=args.precision)
     settings = PredictSettings(tta=args.tta, overwrite=True, largest_component=False)
     times, network = [], []
     for _ in range(2):
@@ -95,11 +96,12 @@ def ours_worker(args: argparse.Namespace) -> None:
 
 def folder_worker(args: argparse.Namespace) -> None:
     """A folder of cases through one process: per-case time and peak memory (VmHWM)."""
-    from unet3d.prediction import PredictSettings, load_for_inference, predict_case
-    from unet3d.tf_env import import_tensorflow_quietly
+    from unet3d.artifacts import load_artifact
+    from unet3d.env import import_tensorflow_quietly
+    from unet3d.inference.pipeline import PredictSettings, predict_case
 
     import_tensorflow_quietly()
-    model = load_for_inference(args.model, precision=args.precision)
+    model = load_artifact(args.model, precision=args.precision)
     settings = PredictSettings(overwrite=True)
     rows = []
     for case in sorted(Path(args.case).iterdir()):
@@ -121,7 +123,7 @@ def flops_and_peak(case: str) -> tuple[float, float, tuple[int, ...]]:
     from data_generators.io import find_case, load_case
     from data_generators.preprocessing import preprocess_case
     from unet3d.config import ModelConfig
-    from unet3d.model import build_unet3d, conv_flops
+    from unet3d.models.unet import build_unet3d, conv_flops
 
     image, _, _ = load_case(find_case(case))
     cropped, _, _ = preprocess_case(image, None)
@@ -164,7 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))
     if args.worker == "ours":
         ours_worker(args)
         return 0
@@ -172,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         folder_worker(args)
         return 0
 
-    from unet3d.tf_env import apply_defaults, import_tensorflow_quietly
+    from unet3d.env import apply_defaults, import_tensorflow_quietly
 
     apply_defaults()
     import_tensorflow_quietly()
+    from unet3d.artifacts.keras_file import save_model
     from unet3d.config import TrainConfig
-    from unet3d.model import build_unet3d
+    from unet3d.models.unet import build_unet3d
     from unet3d.precision import native_bf16
-    from unet3d.saving import save_model
 
     peer = ensure_peer(Path(args.peer_venv))
     gflop, sgemm, padded = flops_and_peak(args.case)

@@ -2,7 +2,7 @@
 
 Images are returned channels-last, ``(X, Y, Z, C)``, in the requested
 modality order; labels are converted to class indices 0..3 (see
-:mod:`unet3d.labels`).
+:mod:`data_generators.labels`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from unet3d.config import MODALITIES
-from unet3d.errors import InputError
-from unet3d.fileio import atomic_path
-from unet3d.labels import labels_to_classes
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_path
+from data_generators.labels import MODALITIES, labels_to_classes
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -187,7 +186,7 @@ def load_case(
 
     Args:
         case: the files, from :func:`find_case`.
-        label_convention: how label values map to tissues (``unet3d.labels``).
+        label_convention: how label values map to tissues (``data_generators.labels``).
 
     Returns:
         ``image`` float32 ``(X, Y, Z, C)`` in modality order; ``label`` uint8

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from data_generators.errors import InputError
 from data_generators.io import CaseFiles, load_case
-from unet3d.errors import InputError
-from unet3d.labels import resolve_convention
+from data_generators.labels import resolve_convention
 
 PREPROCESSING_VERSION = 1
 MAX_FOREGROUND = 20000

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
+from unet3d.env import apply_defaults
+
+apply_defaults()  # TensorFlow environment defaults, before TF loads
 
 REPO = Path(__file__).resolve().parents[1]
 BRATS_DIR = REPO.parent / "shared" / "data" / "brats2018"

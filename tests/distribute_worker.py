@@ -15,9 +15,10 @@ import json
 import sys
 from pathlib import Path
 
-import unet3d.tf_env  # noqa: F401  (TensorFlow environment defaults, before TF loads)
+from unet3d.env import apply_defaults
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+apply_defaults()  # TensorFlow environment defaults, before TF loads
+
 
 # One epoch: the default path's PyDataset may prefetch the next epoch's first
 # batch before its sampling epoch advances, so later epochs are not comparable.
@@ -49,7 +50,7 @@ def compare(args) -> dict:
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
 
-    from unet3d.training import train
+    from unet3d.training.run import train
 
     quiet = lambda *_: None  # noqa: E731
     root = Path(args.out)
@@ -80,7 +81,7 @@ def _initial_model():
     import keras
 
     from unet3d.config import ModelConfig
-    from unet3d.model import build_unet3d
+    from unet3d.models.unet import build_unet3d
 
     keras.utils.set_random_seed(TINY["seed"])
     return build_unet3d(ModelConfig(**MODEL))
@@ -92,7 +93,7 @@ def worker(args) -> dict:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from unet3d.training import train
+    from unet3d.training.run import train
 
     config = tiny_config(args.data, args.cache, args.out, strategy="multiworker",
                          epochs=args.epochs)

@@ -1,7 +1,7 @@
 """Bad input for every command-line tool, in one table.
 
-``train.py``, ``predict.py``, ``python -m unet3d.evaluate`` and
-``python -m unet3d.export`` must answer each row with exactly one line on
+``train.py``, ``predict.py``, ``unet3d-evaluate`` and
+``unet3d-export`` must answer each row with exactly one line on
 stderr, ``<prog>: error: <message>``, that names the file or option at fault,
 exit with status 2, print no traceback and leave no output file behind (no
 ``last.keras``/``best.keras`` or other run files for train, no ``<case>.nii.gz``
@@ -24,14 +24,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import predict as predict_cli
-import train as train_cli
+import unet3d.cli.evaluate as evaluate_cli
+import unet3d.cli.export as export_cli
+import unet3d.cli.predict as predict_cli
+import unet3d.cli.train as train_cli
 from data_generators.synthetic import write_synthetic_dataset
-from unet3d import evaluate as evaluate_cli
+from unet3d.artifacts.keras_file import save_model
 from unet3d.config import ModelConfig, TrainConfig
-from unet3d.export import __main__ as export_cli
-from unet3d.model import build_unet3d
-from unet3d.saving import save_model
+from unet3d.models.unet import build_unet3d
 
 SHAPE = (32, 32, 32)  # the smallest synthetic case
 CASE = "Synth_001"  # the case that gets broken

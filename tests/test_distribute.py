@@ -17,10 +17,11 @@ import sys
 import numpy as np
 import pytest
 
-import train as train_cli
+import unet3d.cli.train as train_cli
+from data_generators.errors import InputError
 from tests.conftest import REPO
 from unet3d.config import TrainConfig
-from unet3d.distribute import (
+from unet3d.training.distribute import (
     Distribution,
     _validation_slices,
     check_batch_size,
@@ -28,7 +29,6 @@ from unet3d.distribute import (
     read_tf_config,
     worker_cases,
 )
-from unet3d.errors import InputError
 
 SCRIPT = REPO / "tests" / "distribute_worker.py"
 

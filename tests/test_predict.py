@@ -12,15 +12,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import predict as predict_cli
+import unet3d.cli.predict as predict_cli
 from data_generators.io import find_case, load_case
+from data_generators.labels import classes_to_regions
 from data_generators.preprocessing import preprocess_case
 from tests.conftest import REPO, require_brats
+from unet3d.artifacts import Artifact
 from unet3d.config import ModelConfig, TrainConfig
-from unet3d.inference import pad_to
-from unet3d.labels import classes_to_regions
-from unet3d.prediction import LoadedModel, PredictSettings, predict_case
-from unet3d.training import train
+from unet3d.inference.pipeline import PredictSettings, predict_case
+from unet3d.inference.predictor import pad_to
+from unet3d.training.run import train
 
 CASE = "Brats18_CBICA_AOZ_1"
 
@@ -48,7 +49,7 @@ def trained_model(tmp_path_factory):
     return root / "run" / "best.keras"
 
 
-def oracle_model(case_dir) -> LoadedModel:
+def oracle_model(case_dir) -> Artifact:
     """A 'model' that returns the true regions of the case, for checking geometry."""
     image, label, _ = load_case(find_case(case_dir, require_label=True))
     _, cropped_label, _ = preprocess_case(image, label)
@@ -59,7 +60,7 @@ def oracle_model(case_dir) -> LoadedModel:
         assert padded.shape[:3] == batch.shape[1:4]
         return padded[None]
 
-    return LoadedModel(path=case_dir, predict_fn=predict_fn,
+    return Artifact(path=case_dir, predict_fn=predict_fn,
                        modalities=("t1", "t1ce", "t2", "flair"), output_mode="regions",
                        stride=8, base_filters=4, patch_size=(64, 64, 64),
                        label_convention="brats2017")
@@ -136,10 +137,10 @@ def test_cli_trained_model_case_preview_mesh_and_overwrite(trained_model, real_c
 
 @pytest.mark.slow
 def test_whole_and_sliding_agree_with_trained_model(trained_model, real_case, tmp_path):
-    from unet3d.evaluation import dice
-    from unet3d.prediction import load_for_inference
+    from unet3d.artifacts import load_artifact
+    from unet3d.evaluation.scores import dice
 
-    model = load_for_inference(trained_model)
+    model = load_artifact(trained_model)
     whole = predict_case(real_case, tmp_path / "w", model, PredictSettings(mode="whole"))
     sliding = predict_case(real_case, tmp_path / "s", model,
                            PredictSettings(mode="sliding", patch_size=(96, 96, 96)))
@@ -215,8 +216,8 @@ def test_bad_input_is_one_line_error(problem, real_case, tmp_path, capsys):
 
 def oracle_saved_model(tmp_path):
     """A real, tiny, untrained .keras model with its config embedded."""
-    from unet3d.model import build_unet3d
-    from unet3d.saving import save_model
+    from unet3d.artifacts.keras_file import save_model
+    from unet3d.models.unet import build_unet3d
 
     config = TrainConfig(model=ModelConfig(base_filters=2, depth=2, segmentation_levels=1))
     return save_model(build_unet3d(config.model), tmp_path / "tiny.keras", config.to_dict())
@@ -236,9 +237,9 @@ def test_subprocess_not_a_model(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_litert_model_through_predict(precision, trained_model, real_case, tmp_path, capsys):
-    from unet3d.evaluation import dice
+    from unet3d.artifacts.litert_file import op_names
+    from unet3d.evaluation.scores import dice
     from unet3d.export import export_litert
-    from unet3d.litert import op_names
 
     tflite = tmp_path / f"model_{precision}.tflite"
     export_litert(trained_model, tflite, precision, window=(96, 96, 96), calibration_patches=4)

@@ -10,21 +10,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import predict as predict_cli
-import train as train_cli
+import unet3d.cli.predict as predict_cli
+import unet3d.cli.train as train_cli
 from tests.conftest import require_brats
+from unet3d.artifacts.keras_file import read_model_config
+from unet3d.artifacts.shipped import DEFAULT_NAME, REPO_MODELS
 from unet3d.config import TrainConfig
-from unet3d.finetune import encoder_layers
 from unet3d.postprocessing import read_plan
-from unet3d.pretrained import DEFAULT_NAME, MODELS_DIR
-from unet3d.saving import read_model_config
+from unet3d.training.finetune import encoder_layers
 
-KERAS = MODELS_DIR / f"{DEFAULT_NAME}.keras"
-INT8 = MODELS_DIR / f"{DEFAULT_NAME}_int8.tflite"
-FP16 = MODELS_DIR / f"{DEFAULT_NAME}_fp16.tflite"
-CARD = MODELS_DIR / f"{DEFAULT_NAME}.md"
-CONFIG = MODELS_DIR / f"{DEFAULT_NAME}.config.json"
-SPLIT = MODELS_DIR / f"{DEFAULT_NAME}.split.json"
+KERAS = REPO_MODELS / f"{DEFAULT_NAME}.keras"
+INT8 = REPO_MODELS / f"{DEFAULT_NAME}_int8.tflite"
+FP16 = REPO_MODELS / f"{DEFAULT_NAME}_fp16.tflite"
+CARD = REPO_MODELS / f"{DEFAULT_NAME}.md"
+CONFIG = REPO_MODELS / f"{DEFAULT_NAME}.config.json"
+SPLIT = REPO_MODELS / f"{DEFAULT_NAME}.split.json"
 
 
 def card_table() -> dict[str, str]:

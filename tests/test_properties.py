@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from data_generators.preprocessing import brain_bbox, crop, uncrop
-from unet3d.labels import (
+from data_generators.labels import (
     CLASSES,
     CONVENTIONS,
     REGIONS,
@@ -21,6 +20,7 @@ from unet3d.labels import (
     regions_to_classes,
     regions_to_labels,
 )
+from data_generators.preprocessing import brain_bbox, crop, uncrop
 
 SETTINGS = settings(max_examples=50, deadline=None)
 CONVENTION_NAMES = sorted(CONVENTIONS)

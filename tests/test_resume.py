@@ -57,7 +57,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     # a kill at any moment leaves complete files: the checkpoint loads, the state parses
     done = json.loads(state.read_text())["epoch"]
     assert done in (1, 2)
-    from unet3d.saving import load_model
+    from unet3d.artifacts.keras_file import load_model
 
     assert load_model(run / "last.keras", compile=True).optimizer.iterations.numpy() == \
         done * CONFIG["steps_per_epoch"]

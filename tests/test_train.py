@@ -11,11 +11,11 @@ import keras
 import numpy as np
 import pytest
 
-import train as train_cli
+import unet3d.cli.train as train_cli
 from data_generators.synthetic import write_synthetic_dataset
 from tests.conftest import REPO
 from unet3d.config import ModelConfig, TrainConfig
-from unet3d.training import train
+from unet3d.training.run import train
 
 TINY = dict(
     model=ModelConfig(base_filters=4, depth=3, dropout=0.0),

@@ -1,6 +1,6 @@
 """Frozen configuration dataclasses: every default lives here, once.
 
-``ModelConfig`` drives :func:`unet3d.model.build_unet3d`; ``TrainConfig``
+``ModelConfig`` drives :func:`unet3d.models.unet.build_unet3d`; ``TrainConfig``
 holds it plus everything ``train.py`` needs and is saved as JSON beside a run.
 """
 
@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unet3d.errors import InputError
-from unet3d.labels import resolve_convention
+from data_generators.errors import InputError
+from data_generators.labels import MODALITIES, resolve_convention
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 OUTPUT_MODES = ("regions", "labels")
 NORMS = ("instance", "none")
 MIXED_PRECISION = ("off", "bf16", "fp16")
@@ -225,7 +224,7 @@ class TrainConfig:
         return TrainConfig.from_dict(merged, source="overrides")
 
     def save(self, path: str | Path) -> None:
-        from unet3d.fileio import atomic_write_text
+        from data_generators.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -249,6 +248,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise InputError(f"{path}: a config file must hold a mapping of options")
     return values
+
+
+__all__ = ["MODALITIES", "ModelConfig", "TrainConfig", "load_config_file"]
 
 
 def _check_keys(cls: type, values: dict[str, Any], source: str) -> None:

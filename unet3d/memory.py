@@ -4,7 +4,7 @@ The factors are measured on this project's network (TensorFlow 2.21, CPU,
 fp32) and count float32 feature maps of ``base_filters`` channels per voxel
 alive at the peak: a training step of the default network (base 16) at
 128^3, batch 2, peaked at ~19 GB; a compiled whole-volume forward pass
-(:func:`unet3d.inference.keras_predict_fn`) of a 144x176x144 case at 2.35 GB
+(:func:`unet3d.inference.predictor.keras_predict_fn`) of a 144x176x144 case at 2.35 GB
 with 0.84 GB of it before the call (6.5 maps per voxel; an eager call took
 7.9 GB, 34 maps).
 """
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 TRAIN_MAPS_PER_VOXEL = 70
 INFER_MAPS_PER_VOXEL = 8  # measured 6.5 compiled (fp32; bf16 5.2), with margin

@@ -16,7 +16,7 @@ Steps, in this order:
   necrosis (Isensee et al., BraTS 2018: a handful of ET voxels in a case with
   none costs a Dice of 0).
 
-``python -m unet3d.postprocessing --model M --data DIR --cases ...`` scores
+``unet3d-postprocess --model M --data DIR --cases ...`` scores
 every candidate on the given validation cases and, with ``--write``, stores
 the best in the model file (and in the ``.tflite`` exports named with
 ``--also``).
@@ -24,10 +24,8 @@ the best in the model file (and in the ``.tflite`` exports named with
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import sys
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +34,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from unet3d.errors import InputError
-from unet3d.fileio import atomic_path, atomic_write_text
-from unet3d.labels import CLASSES
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_path, atomic_write_text
+from data_generators.labels import CLASSES
 
 ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
@@ -154,7 +152,7 @@ def read_plan(model_path: str | Path) -> PostProcessing | None:
     """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
     path = Path(model_path)
     if path.suffix.lower() == ".tflite":
-        from unet3d.litert import report_path
+        from unet3d.artifacts.litert_file import report_path
 
         report = report_path(path)
         if not report.is_file():
@@ -178,7 +176,7 @@ def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
     """Stores ``plan`` with the model, replacing any earlier one, atomically."""
     path = Path(model_path)
     if path.suffix.lower() == ".tflite":
-        from unet3d.litert import report_path
+        from unet3d.artifacts.litert_file import report_path
 
         report = report_path(path)
         values = json.loads(report.read_text()) if report.is_file() else {}
@@ -209,8 +207,8 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
     cases and scores recorded) and the mean Dice per region of every
     candidate.
     """
-    from unet3d.evaluation import region_dice
-    from unet3d.labels import REGIONS, classes_to_regions
+    from data_generators.labels import REGIONS, classes_to_regions
+    from unet3d.evaluation.scores import region_dice
 
     truth_regions = {case_id: classes_to_regions(truths[case_id]).astype(bool)
                      for case_id in class_maps}
@@ -231,62 +229,3 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
     chosen = PostProcessing(best.largest_component, best.et_min_voxels,
                             best.min_component_voxels, chosen_on=sorted(class_maps), scores=table)
     return chosen, table
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m unet3d.postprocessing",
-        description="Choose a model's post-processing on validation cases and store it.")
-    parser.add_argument("--model", required=True, help="the .keras model")
-    parser.add_argument("--data", required=True, help="folder of case folders with labels")
-    parser.add_argument("--cases", nargs="+", required=True, help="validation case ids")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="fp32")
-    parser.add_argument("--write", action="store_true", help="store the choice in the model")
-    parser.add_argument("--also", nargs="*", default=[],
-                        help=".tflite exports of the same model to store it in too")
-    args = parser.parse_args(argv)
-    from unet3d.tf_env import apply_defaults, import_tensorflow_quietly
-
-    apply_defaults()
-    import_tensorflow_quietly()
-    try:
-        plan, table = _choose_for(args)
-    except InputError as err:
-        print(f"unet3d.postprocessing: error: {err}", file=sys.stderr)
-        return 2
-    width = max(len(k) for k in table)
-    print(f"{'candidate':{width}}  WT     TC     ET     mean")
-    for name, scores in table.items():
-        print(f"{name:{width}}  {scores['WT']:.3f}  {scores['TC']:.3f}  {scores['ET']:.3f}  "
-              f"{scores['mean']:.3f}")
-    print(f"chosen on {len(plan.chosen_on)} cases: {plan.describe()}")
-    if args.write:
-        for target in [args.model, *args.also]:
-            write_plan(target, plan)
-            print(f"stored in {target}")
-    return 0
-
-
-def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
-    from data_generators.io import find_case, load_case
-    from data_generators.preprocessing import preprocess_case
-    from unet3d.inference import Predictor
-    from unet3d.precision import resolve_precision
-    from unet3d.prediction import load_for_inference, probabilities_to_classes
-
-    model = load_for_inference(args.model, precision=resolve_precision(args.precision))
-    predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
-                          base_filters=model.base_filters)
-    class_maps, truths = {}, {}
-    for case_id in args.cases:
-        case = find_case(Path(args.data) / case_id, modalities=model.modalities,
-                         require_label=True)
-        image, label, _ = load_case(case, model.label_convention)
-        cropped, label, _ = preprocess_case(image, label)
-        class_maps[case_id] = probabilities_to_classes(predictor(cropped), model.output_mode)
-        truths[case_id] = label
-    return choose(class_maps, truths)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

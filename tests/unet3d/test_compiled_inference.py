@@ -4,10 +4,11 @@ import keras
 import numpy as np
 import pytest
 
+from data_generators.errors import InputError
 from unet3d.config import ModelConfig
-from unet3d.errors import InputError
-from unet3d.inference import Predictor, eager_predict_fn, keras_predict_fn
-from unet3d.model import build_unet3d
+from unet3d.inference.predictor import Predictor
+from unet3d.models.forward import eager_predict_fn, keras_predict_fn
+from unet3d.models.unet import build_unet3d
 from unet3d.precision import cpu_flags, dtype_policy, resolve_precision
 
 TINY = ModelConfig(base_filters=4, depth=3, dropout=0.3)
@@ -80,7 +81,7 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 
 
 def test_a_model_is_rebuilt_in_the_requested_precision(tiny_model):
-    from unet3d.prediction import with_precision
+    from unet3d.artifacts import with_precision
 
     same = with_precision(tiny_model, TINY, "fp32")
     assert same is tiny_model

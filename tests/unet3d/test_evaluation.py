@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import BRATS_DIR, require_brats
-from unet3d.evaluation import (
+from unet3d.evaluation.scores import (
     HD95_EMPTY,
     SCORE_KEYS,
     dice,

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data_generators.errors import InputError
+from unet3d.artifacts.keras_file import save_model
+from unet3d.artifacts.litert_file import LiteRTModel, op_names, read_litert_config
 from unet3d.config import ModelConfig, TrainConfig
-from unet3d.errors import InputError
 from unet3d.export import (
     FORBIDDEN_OPS,
     check_window,
@@ -22,9 +24,7 @@ from unet3d.export import (
     lower_layer,
     lower_model,
 )
-from unet3d.litert import LiteRTModel, op_names, read_litert_config
-from unet3d.model import build_unet3d
-from unet3d.saving import save_model
+from unet3d.models.unet import build_unet3d
 
 REPO = Path(__file__).resolve().parents[2]
 WINDOW = (8, 16, 8)
@@ -218,13 +218,14 @@ def test_predict_fn_rejects_other_windows(tiny_models, tmp_path):
 
 # ---- command line ----------------------------------------------------------------
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "unet3d.export", *args], cwd=REPO, env=env,
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}  # the installed console script
+    script = Path(sys.executable).parent / "unet3d-export"
+    return subprocess.run([str(script), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_cli_exports_and_refuses_bad_input(tiny_models, tmp_path, capsys):
-    from unet3d.export.__main__ import main
+    from unet3d.cli.export import main
 
     config = TrainConfig(model=ModelConfig(base_filters=4, depth=3), patch_size=(8, 16, 8))
     model_path = save_model(tiny_models["regions"], tmp_path / "run" / "best.keras",

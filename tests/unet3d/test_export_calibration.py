@@ -6,11 +6,11 @@ import keras
 import numpy as np
 
 from tests.conftest import require_brats
+from unet3d.artifacts.litert_file import LiteRTModel, read_litert_config
 from unet3d.config import ModelConfig, TrainConfig
 from unet3d.export import export_litert
 from unet3d.export.calibration import draw_patches
-from unet3d.litert import LiteRTModel, read_litert_config
-from unet3d.model import build_unet3d
+from unet3d.models.unet import build_unet3d
 
 WINDOW = (16, 16, 16)
 

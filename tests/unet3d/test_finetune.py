@@ -6,15 +6,15 @@ import keras
 import numpy as np
 import pytest
 
+from data_generators.errors import InputError
 from unet3d.config import ModelConfig
-from unet3d.errors import InputError
-from unet3d.finetune import (
+from unet3d.models.unet import build_unet3d
+from unet3d.training.finetune import (
     FreezeEncoder,
     build_optimizer_for_all,
     encoder_layers,
     transfer_weights,
 )
-from unet3d.model import build_unet3d
 
 SMALL = ModelConfig(base_filters=4, depth=3, segmentation_levels=2, dropout=0.0)
 

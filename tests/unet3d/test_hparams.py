@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from unet3d.config import TrainConfig
-from unet3d.hparams import trial_from_run, write_trial
+from unet3d.training.hparams import trial_from_run, write_trial
 
 
 def read_events(folder):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from unet3d import labels
+from data_generators import labels
 
 # label value -> expected (WT, TC, ET), worked out from the BraTS definitions
 TABLE = [

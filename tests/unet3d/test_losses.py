@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from unet3d.losses import DiceCELoss, SoftDiceLoss, make_loss
+from unet3d.models.losses import DiceCELoss, SoftDiceLoss, make_loss
 
 
 def as_volume(values):

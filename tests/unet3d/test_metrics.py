@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from unet3d.metrics import RegionDice, region_metrics
+from unet3d.models.metrics import RegionDice, region_metrics
 
 
 def volume(rows):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from unet3d.config import ModelConfig
-from unet3d.losses import make_loss
-from unet3d.metrics import region_metrics
-from unet3d.model import build_unet3d
+from unet3d.models.losses import make_loss
+from unet3d.models.metrics import region_metrics
+from unet3d.models.unet import build_unet3d
 
 
 def expected_params(cfg: ModelConfig) -> int:
@@ -104,7 +104,7 @@ def test_mixed_precision_keeps_float32_output():
 
 
 def test_conv_flops_by_hand():
-    from unet3d.model import conv_flops
+    from unet3d.models.unet import conv_flops
 
     cfg = ModelConfig(in_channels=4, base_filters=2, depth=2, segmentation_levels=1,
                       output_mode="regions")

@@ -77,8 +77,8 @@ def test_plan_travels_inside_the_keras_file_and_beside_a_tflite(tmp_path):
 
 
 def test_options_override_the_stored_plan():
+    from unet3d.inference.pipeline import PredictSettings, resolve_plan
     from unet3d.postprocessing import PostProcessing
-    from unet3d.prediction import PredictSettings, resolve_plan
 
     stored = PostProcessing(largest_component=True, et_min_voxels=200)
     assert resolve_plan(stored, PredictSettings()) == (stored, "model")

@@ -1,6 +1,6 @@
 """LiteRT (``.tflite``) export of the 3D U-Net with 3D convolutions lowered to 2D.
 
-``python -m unet3d.export MODEL.keras --precision int8 --out model.tflite``
+``unet3d-export MODEL.keras --precision int8 --out model.tflite``
 
 * :func:`lower_model` rebuilds a trained Keras model as a TF computation on
   4D tensors (depth folded into the batch axis) using only ops LiteRT's
@@ -8,10 +8,10 @@
 * :func:`export_litert` converts it (fp32, fp16 or int8), checks the file
   holds no ``CONV_3D`` or Flex op, compares it with the Keras model and
   writes ``<out>.json`` (report plus the ``TrainConfig`` under ``"config"``).
-* :class:`unet3d.litert.LiteRTModel` runs the file as a ``predict_fn``.
+* :class:`unet3d.artifacts.litert_file.LiteRTModel` runs the file as a ``predict_fn``.
 """
 
-from unet3d.tf_env import import_tensorflow_quietly
+from unet3d.env import import_tensorflow_quietly
 
 import_tensorflow_quietly()  # before the modules below load TensorFlow
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 # preprocessing a case takes seconds; a few cases give enough variety
 MAX_CASES = 4
@@ -26,7 +26,7 @@ MAX_CASES = 4
 def cache_for(data_dir: Path, cache_dir: str | None):
     """The :class:`PreprocessedCache` training uses for ``data_dir``."""
     from data_generators.preprocessing import PreprocessedCache
-    from unet3d.training import default_cache_root
+    from unet3d.training.run import default_cache_root
 
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
     digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
@@ -109,7 +109,7 @@ def run_patches(model_path: Path, config: dict[str, Any] | None, window: Sequenc
     data = config.get("data")
     if data is None:
         from unet3d.config import TrainConfig
-        from unet3d.training import default_cache_root, resolve_data
+        from unet3d.training.run import default_cache_root, resolve_data
 
         train_config = TrainConfig.from_dict(config, source=str(model_path))
         root = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_root()

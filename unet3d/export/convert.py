@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # ops that must never appear: LiteRT's slow float-only 3D kernels, and TF fallbacks
@@ -203,9 +203,9 @@ def export_litert(
     Raises:
         InputError: bad model file, precision, window, calibration or output.
     """
+    from data_generators.fileio import atomic_path
+    from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
     from unet3d.export.lowering import lower_model
-    from unet3d.fileio import atomic_path
-    from unet3d.litert import LiteRTModel, op_names, report_path
 
     out_path = Path(out_path)
     if precision not in PRECISIONS:
@@ -225,7 +225,7 @@ def export_litert(
 
     model_path = None
     if isinstance(model_or_path, (str, Path)):
-        from unet3d.saving import load_model, read_model_config
+        from unet3d.artifacts.keras_file import load_model, read_model_config
 
         model_path = Path(model_or_path)
         model = load_model(model_path)
@@ -249,7 +249,7 @@ def export_litert(
         raise RuntimeError(f"exported graph still holds {', '.join(bad)}")
 
     output_mode = (config or {}).get("model", {}).get("output_mode") or _output_mode(model)
-    from unet3d.inference import keras_predict_fn
+    from unet3d.models.forward import keras_predict_fn
 
     forward = keras_predict_fn(model)  # compiled once, reused for every patch
     reference = [forward(np.asarray(p, dtype=np.float32)) for p in patches]

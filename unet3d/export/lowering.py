@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 Array = np.ndarray
 

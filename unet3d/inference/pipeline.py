@@ -10,15 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.errors import InputError
-from unet3d.fileio import atomic_write_text
-from unet3d.labels import (
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text
+from data_generators.labels import (
     REGIONS,
     classes_to_labels,
     regions_to_classes,
     resolve_convention,
 )
-from unet3d.postprocessing import PostProcessing, read_plan
+from unet3d.artifacts import Artifact
+from unet3d.postprocessing import PostProcessing
 
 NIFTI_SUFFIX = ".nii.gz"
 
@@ -64,111 +65,6 @@ class PredictSettings:
     threads: int = 2
 
 
-@dataclass
-class LoadedModel:
-    """A model ready for inference, and what its training config says about inputs."""
-
-    path: Path
-    predict_fn: Any
-    modalities: tuple[str, ...]
-    output_mode: str
-    stride: int
-    base_filters: int
-    patch_size: tuple[int, int, int]
-    label_convention: str
-    fixed_window: bool = False  # LiteRT files take exactly one window size
-    precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
-    postprocessing: PostProcessing | None = None  # the plan stored with the model file
-
-
-def load_for_inference(path: str | Path, threads: int = 2, precision: str = "fp32"
-                       ) -> LoadedModel:
-    """Loads a ``.keras`` or LiteRT ``.tflite`` model and its training config.
-
-    The config is embedded in a ``.keras`` file (or in ``config.json``
-    beside it); an exported ``.tflite`` keeps it in ``<file>.json`` beside.
-    A ``.keras`` model is rebuilt in ``precision`` whatever it was trained in
-    (the weights are float32 either way) and runs compiled
-    (:func:`unet3d.inference.keras_predict_fn`).
-
-    Args:
-        path: str or Path of the model.
-        threads: int, default 2. LiteRT interpreter threads.
-        precision: str, default "fp32". ``fp32`` or ``bf16``, already
-            resolved (:func:`unet3d.precision.resolve_precision`); ignored
-            for ``.tflite`` files.
-
-    Raises:
-        InputError: the file is not a model, has no config, or its input
-            channels disagree with the configured modalities.
-    """
-    from unet3d.config import TrainConfig
-    from unet3d.inference import keras_predict_fn
-    from unet3d.saving import load_model, read_model_config
-
-    path = Path(path)
-    if path.suffix.lower() == ".tflite":
-        return _load_litert(path, threads)
-    model = load_model(path)
-    values = read_model_config(path)
-    if values is None:
-        raise InputError(f"{path}: holds no unet3d config and there is no config.json beside "
-                         "it; the modality order cannot be known")
-    config = TrainConfig.from_dict(values, source=f"{path} config")
-    channels = model.input_shape[-1]
-    if channels != len(config.modalities):
-        raise InputError(f"{path}: the model takes {channels} input channels but its config "
-                         f"lists {len(config.modalities)} modalities {list(config.modalities)}")
-    if model.output_shape[-1] != config.model.out_channels:
-        raise InputError(f"{path}: the model has {model.output_shape[-1]} outputs but its config "
-                         f"says output mode {config.model.output_mode!r}")
-    model = with_precision(model, config.model, precision)
-    return LoadedModel(path=path, predict_fn=keras_predict_fn(model),
-                       modalities=tuple(config.modalities), output_mode=config.model.output_mode,
-                       stride=config.model.stride, base_filters=config.model.base_filters,
-                       patch_size=tuple(config.patch_size),
-                       label_convention=config.label_convention, precision=precision,
-                       postprocessing=read_plan(path))
-
-
-def with_precision(model, model_config, precision: str):
-    """``model`` itself if it already computes in ``precision``, else a rebuilt copy.
-
-    A model trained in ``mixed_bfloat16`` keeps float32 variables, so the
-    copy takes the same weights in either direction.
-    """
-    from unet3d.model import build_unet3d
-    from unet3d.precision import dtype_policy, policy_scope
-
-    if model.dtype_policy.name == dtype_policy(precision):
-        return model
-    with policy_scope(precision):
-        rebuilt = build_unet3d(model_config, name=model.name)
-    rebuilt.set_weights(model.get_weights())
-    return rebuilt
-
-
-def _load_litert(path: Path, threads: int) -> LoadedModel:
-    from unet3d.config import TrainConfig
-    from unet3d.litert import LiteRTModel, report_path
-
-    if threads <= 0:
-        raise InputError(f"--threads must be a positive integer, got {threads}")
-    runner = LiteRTModel(path, threads=threads)
-    if runner.config is None:
-        raise InputError(f"{path}: no {report_path(path).name} beside it; the modality order "
-                         "cannot be known (re-export with python -m unet3d.export)")
-    config = TrainConfig.from_dict(runner.config, source=f"{report_path(path)} config")
-    if runner.channels != len(config.modalities):
-        raise InputError(f"{path}: the model takes {runner.channels} input channels but its "
-                         f"config lists {len(config.modalities)} modalities")
-    return LoadedModel(path=path, predict_fn=runner.predict_fn,
-                       modalities=tuple(config.modalities), output_mode=config.model.output_mode,
-                       stride=config.model.stride, base_filters=config.model.base_filters,
-                       patch_size=tuple(runner.window), label_convention=config.label_convention,
-                       fixed_window=True, precision="litert", postprocessing=read_plan(path))
-
-
 def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
     """Model output `(X, Y, Z, K)` -> class indices (ET > TC > WT nesting for regions)."""
     if output_mode == "regions":
@@ -203,7 +99,7 @@ def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict
     return paths
 
 
-def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
+def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
                  settings: PredictSettings) -> dict[str, Any]:
     """Segments one case folder and writes its outputs; returns the JSON report.
 
@@ -218,8 +114,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
     """
     from data_generators.io import find_case, load_case, save_segmentation
     from data_generators.preprocessing import preprocess_case, uncrop
-    from unet3d.inference import Predictor
-    from unet3d.report import preview_montage, region_mesh, region_volumes, write_mesh
+    from unet3d.inference.predictor import Predictor
+    from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
@@ -264,7 +160,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: LoadedModel,
         preview_montage(preview_image, full, paths["preview"])
     if settings.mesh:
         affine = np.asarray(properties["affine"])
-        from unet3d.labels import classes_to_regions
+        from data_generators.labels import classes_to_regions
 
         regions = classes_to_regions(full)
         for index, region in enumerate(REGIONS):

@@ -2,7 +2,7 @@
 
 :class:`LiteRTModel` wraps ``ai_edge_litert.interpreter.Interpreter`` (XNNPACK
 is its default CPU delegate) behind the ``predict_fn`` contract of
-:mod:`unet3d.inference`: float32 `(B, D, H, W, C)` in, float32 probabilities
+:mod:`unet3d.inference.predictor`: float32 `(B, D, H, W, C)` in, float32 probabilities
 `(B, D, H, W, K)` out, for the fixed window the file was exported for.
 
 Metadata: :func:`unet3d.export.export_litert` writes ``<model>.tflite.json``
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 
 def report_path(path: str | Path) -> Path:

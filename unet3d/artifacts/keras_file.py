@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from unet3d.errors import InputError
-from unet3d.fileio import atomic_path
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_path
 
 CONFIG_ENTRY = "unet3d_config.json"
 
@@ -63,8 +63,8 @@ def load_model(path: str | Path, compile: bool = False):
     """
     import keras
 
-    import unet3d.losses
-    import unet3d.metrics  # noqa: F401  (registers the Dice metrics)
+    import unet3d.models.losses
+    import unet3d.models.metrics  # noqa: F401  (registers the Dice metrics)
 
     path = Path(path)
     if path.is_dir():

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import keras
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
 ENCODER_PREFIX = "enc"
 FIRST_CONV = "enc0_conv"
@@ -111,8 +111,8 @@ def load_source(config) -> keras.Model:
     Returns:
         The pretrained keras.Model, for :func:`init_from`.
     """
-    from unet3d.model import build_unet3d
-    from unet3d.saving import load_model
+    from unet3d.artifacts.keras_file import load_model
+    from unet3d.models.unet import build_unet3d
 
     source = load_model(source_path(config.init_from))
     transfer_weights(build_unet3d(config.model), source, str(config.init_from))

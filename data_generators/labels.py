@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+# the four BraTS sequences, in channel order
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
 CLASSES: tuple[str, ...] = ("background", "necrosis", "edema", "enhancing")
 

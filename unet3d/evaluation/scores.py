@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from unet3d.labels import REGIONS, labels_to_regions
+from data_generators.labels import REGIONS, labels_to_regions
 
 # the HD95 given when exactly one mask is empty: the diagonal of the 240x240x155
 # BraTS volume at 1 mm, sqrt(240**2 + 240**2 + 155**2), as the challenge scores it
@@ -230,7 +230,7 @@ def score_case(
         pred_labels: predicted label map ``(X, Y, Z)`` in ``convention``.
         true_labels: ground-truth label map of the same shape and convention.
         spacing: voxel size (mm) per axis, for HD95.
-        convention: label convention (:mod:`unet3d.labels`), e.g.
+        convention: label convention (:mod:`data_generators.labels`), e.g.
             ``"brats2017"`` (ET = 4) or ``"brats2023"`` (ET = 3).
 
     Returns:

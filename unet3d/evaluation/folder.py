@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m unet3d.evaluate --pred PRED_DIR --gt GT_DIR [--csv OUT.csv]
+    unet3d-evaluate --pred PRED_DIR --gt GT_DIR [--csv OUT.csv]
         [--labels brats2017|brats2023] [--overwrite]
 
 Predictions are ``PRED_DIR/<case_id>.nii.gz`` (or ``.nii``) label maps; the
@@ -17,7 +17,6 @@ the mean, standard deviation and median of every metric per region.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections.abc import Sequence
@@ -25,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_path
 from data_generators.io import find_cases, read_volume
-from unet3d.errors import InputError
-from unet3d.evaluation import SCORE_KEYS, score_case, summarize
-from unet3d.fileio import atomic_path
-from unet3d.labels import CONVENTIONS, check_labels, resolve_convention
+from data_generators.labels import check_labels, resolve_convention
+from unet3d.evaluation.scores import SCORE_KEYS, score_case, summarize
 
 PROG = "evaluate"
 DEFAULT_CSV = "evaluation.csv"
@@ -191,7 +190,7 @@ def evaluate_folder(
 
     Returns:
         The per-case rows (``{"case": id, "Dice_WT": ..., ...}``, sorted by
-        case id) and their :func:`~unet3d.evaluation.summarize` summary.
+        case id) and their :func:`~unet3d.evaluation.scores.summarize` summary.
 
     Raises:
         InputError: naming the file or option: unknown convention, missing
@@ -247,7 +246,7 @@ def format_summary(summary: dict[str, dict[str, float]], n_cases: int | None = N
     """The summary as a text table: one row per metric and region; mean, std, median.
 
     Args:
-        summary: from :func:`~unet3d.evaluation.summarize`.
+        summary: from :func:`~unet3d.evaluation.scores.summarize`.
         n_cases: the number of cases, shown in the heading when given.
 
     Returns:
@@ -263,68 +262,3 @@ def format_summary(summary: dict[str, dict[str, float]], n_cases: int | None = N
             f"{key:<{width}}  {stats['mean']:9.4f}  {stats['std']:9.4f}  {stats['median']:9.4f}"
         )
     return "\n".join(lines)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parses the command line.
-
-    Args:
-        argv: the arguments, without the program name; ``sys.argv[1:]`` if None.
-
-    Returns:
-        Namespace with ``pred``, ``gt``, ``csv``, ``labels``, ``overwrite``.
-    """
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Score predicted BraTS segmentations (Dice, HD95, sensitivity, "
-        "specificity, IoU per WT/TC/ET region) against ground truth.",
-    )
-    parser.add_argument(
-        "--pred", required=True, type=Path, help="folder of <case_id>.nii.gz predictions"
-    )
-    parser.add_argument(
-        "--gt",
-        required=True,
-        type=Path,
-        help="folder of BraTS case folders holding <case_id>_seg.nii.gz",
-    )
-    parser.add_argument(
-        "--csv", type=Path, default=None, help=f"per-case CSV (default PRED/{DEFAULT_CSV})"
-    )
-    parser.add_argument(
-        "--labels",
-        default="brats2017",
-        choices=sorted(CONVENTIONS),
-        help="label convention of predictions and ground truth (default brats2017: ET=4; "
-        "brats2023: ET=3)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
-    return parser.parse_args(None if argv is None else list(argv))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (2 for bad input).
-
-    Args:
-        argv: the arguments, without the program name; ``sys.argv[1:]`` if None.
-
-    Returns:
-        0 on success, 2 on an input error (one line on stderr).
-    """
-    args = parse_args(argv)
-    try:
-        csv_path = args.csv if args.csv is not None else args.pred / DEFAULT_CSV
-        rows, summary = evaluate_folder(
-            args.pred, args.gt, csv_path, convention=args.labels, overwrite=args.overwrite
-        )
-    except InputError as err:
-        message = " ".join(str(err).split("\n"))
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
-    print(format_summary(summary, len(rows)))
-    print(f"wrote {csv_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

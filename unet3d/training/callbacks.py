@@ -9,8 +9,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from unet3d.fileio import atomic_write_text
-from unet3d.saving import save_model
+from data_generators.fileio import atomic_write_text
+from unet3d.artifacts.keras_file import save_model
 
 STATE_FILE = "state.json"
 
@@ -99,7 +99,7 @@ class ValidationImage(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import tensorflow as tf
 
-        from unet3d.metrics import predicted_regions, target_regions
+        from unet3d.models.metrics import predicted_regions, target_regions
 
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(str(self.log_dir / "images"))

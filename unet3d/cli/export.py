@@ -1,4 +1,4 @@
-"""Command line: ``python -m unet3d.export MODEL.keras --precision int8 --out m.tflite``.
+"""Command line: ``unet3d-export MODEL.keras --precision int8 --out m.tflite``.
 
 Prints the export report (size, ops, agreement with Keras) and writes it as
 ``<out>.json``. Bad input prints ``export: error: <message>`` on stderr and
@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
+from unet3d.env import prepare_backend
 
 PROG = "export"
 
@@ -51,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments, without the program name; ``sys.argv[1:]`` if None.
     """
     args = parse_args(argv)
+    backend = prepare_backend()
     try:
+        if backend != "tensorflow":
+            raise InputError(f"LiteRT export runs on the TensorFlow backend only (this is "
+                             f"KERAS_BACKEND={backend}); run it with KERAS_BACKEND=tensorflow")
         if args.out.exists() and not args.overwrite:
             raise InputError(f"--out {args.out}: exists; pass --overwrite to replace it")
         if args.threads <= 0:

@@ -13,18 +13,27 @@ the current model was fine-tuned from it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from unet3d.errors import InputError
+from data_generators.errors import InputError
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+# the checkout's models/ (an editable install, or running from the repository);
+# a wheel installed elsewhere finds them through UNET3D_MODELS
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 DEFAULT_NAME = "brats_unet3d_b8_128"
+
+
+def models_dir() -> Path:
+    """``$UNET3D_MODELS`` if set, else the repository's ``models/``."""
+    return Path(os.environ.get("UNET3D_MODELS") or REPO_MODELS)
 
 
 def shipped_path(name: str = DEFAULT_NAME, suffix: str = ".keras") -> Path:
     """``models/<name><suffix>``; InputError if the file is not there."""
-    path = MODELS_DIR / f"{name}{suffix}"
+    path = models_dir() / f"{name}{suffix}"
     if not path.is_file():
         raise InputError(f"{path}: the shipped model is missing (restore it with "
-                         "`git checkout models/`, or pass --model)")
+                         "`git checkout models/`, set UNET3D_MODELS to the folder holding "
+                         "it, or pass --model)")
     return path

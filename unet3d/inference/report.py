@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unet3d.fileio import atomic_path
-from unet3d.labels import REGIONS, classes_to_regions
+from data_generators.fileio import atomic_path
+from data_generators.labels import REGIONS, classes_to_regions
 
 # overlay colours (RGB) of the classes necrosis, edema, enhancing
 CLASS_COLOURS = {1: (230, 40, 40), 2: (40, 200, 60), 3: (255, 220, 0)}

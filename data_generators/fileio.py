@@ -52,7 +52,7 @@ def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
     Raises:
         InputError: naming ``option`` and ``path`` when it cannot be used.
     """
-    from unet3d.errors import InputError
+    from data_generators.errors import InputError
 
     path = Path(path)
     if path.exists() and not path.is_dir():

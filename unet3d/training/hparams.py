@@ -5,7 +5,7 @@ Every run writes one under ``<run>/tensorboard/hparams``, so ``tensorboard
 dashboard's table. Written with TensorBoard's own protobufs and event
 writer, not ``tf.summary``, so it works on every Keras backend.
 
-``python -m unet3d.hparams RUN_DIR`` (re)writes the trial of a finished run
+``python -m unet3d.training.hparams RUN_DIR`` (re)writes the trial of a finished run
 from its ``config.json`` and ``validation.json``.
 """
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from data_generators.errors import InputError
 from unet3d.config import STRATEGIES
-from unet3d.errors import InputError
 
 
 @dataclass

@@ -5,7 +5,7 @@ A run directory holds ``config.json`` (the resolved :class:`TrainConfig`),
 validation mean Dice), ``last.keras`` and ``state.json`` (what ``--resume``
 needs), ``log.csv`` and TensorBoard logs under ``tensorboard/``.
 
-With ``strategy`` ``mirrored`` or ``multiworker`` (see :mod:`unet3d.distribute`)
+With ``strategy`` ``mirrored`` or ``multiworker`` (see :mod:`unet3d.training.distribute`)
 the model is built and compiled inside the strategy's scope, ``batch_size``
 is the global batch, and only the chief writes the run directory.
 """
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text, ensure_writable_dir
+from data_generators.labels import REGIONS
 from unet3d.config import TrainConfig
-from unet3d.errors import InputError
-from unet3d.fileio import atomic_write_text, ensure_writable_dir
-from unet3d.labels import REGIONS
 
 
 @dataclass
@@ -131,7 +131,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     Raises:
         InputError: for unusable data, options or output folder.
     """
-    from unet3d.distribute import check_batch_size, make_distribution
+    from unet3d.training.distribute import check_batch_size, make_distribution
 
     start = time.time()
     # multi-worker collectives must be set up before TensorFlow runs any op
@@ -151,7 +151,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
                "lower --patch-size or --batch-size")
     init_source = None
     if config.init_from and not resume:
-        from unet3d.finetune import load_source
+        from unet3d.training.finetune import load_source
 
         init_source = load_source(config)
     if dist.is_chief:
@@ -224,9 +224,10 @@ def truncate_log(path: Path, epochs: int) -> None:
 
 def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
     """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
-    from unet3d.evaluation import region_dice
-    from unet3d.inference import keras_predict_fn, predict_whole
-    from unet3d.labels import classes_to_regions
+    from data_generators.labels import classes_to_regions
+    from unet3d.evaluation.scores import region_dice
+    from unet3d.inference.predictor import predict_whole
+    from unet3d.models.forward import keras_predict_fn
 
     scores = {}
     predict_fn = keras_predict_fn(model)
@@ -243,7 +244,7 @@ def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, d
 
 def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
          init_source=None) -> TrainResult:
-    from unet3d.distribute import output_dir
+    from unet3d.training.distribute import output_dir
 
     with output_dir(run_dir, dist) as write_dir:
         return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
@@ -255,25 +256,25 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     """Trains; checkpoints and logs go to ``write_dir`` (``run_dir`` on the chief).
 
     ``init_source`` is the pretrained model of ``--init-from``, already loaded
-    and checked by :func:`unet3d.finetune.load_source`.
+    and checked by :func:`unet3d.training.finetune.load_source`.
     """
     import keras
 
     from data_generators.augmentation import AugmentationConfig
     from data_generators.dataset import BratsPatchDataset, EpochSpan, ValidationPatchDataset
-    from unet3d.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
-    from unet3d.distribute import (
+    from unet3d.artifacts.keras_file import load_model
+    from unet3d.models.losses import make_loss
+    from unet3d.models.metrics import region_metrics
+    from unet3d.models.unet import build_unet3d
+    from unet3d.training.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
+    from unet3d.training.distribute import (
         fit_context,
         train_dataset,
         validation_dataset,
         worker_cases,
         worker_seed,
     )
-    from unet3d.finetune import FreezeEncoder, build_optimizer_for_all, init_from
-    from unet3d.losses import make_loss
-    from unet3d.metrics import region_metrics
-    from unet3d.model import build_unet3d
-    from unet3d.saving import load_model
+    from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
 
     keras.utils.set_random_seed(config.seed)
     mode = config.model.output_mode
@@ -335,7 +336,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
     history = {}
     if initial_epoch < config.epochs:
-        if dist.distributed:  # sharded per worker, split per replica (unet3d.distribute)
+        if dist.distributed:  # sharded per worker, split per replica (unet3d.training.distribute)
             val_set, val_steps = validation_dataset(val_data, dist)
             fit_data = dict(
                 x=train_dataset(train_data, dist, initial_epoch, config.epochs,
@@ -382,7 +383,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     else:
         log(f"trained on all {len(train_cases)} cases, no validation: best.keras is the "
             "last epoch's model")
-    from unet3d.hparams import write_trial
+    from unet3d.training.hparams import write_trial
 
     write_trial(run_dir, {**config.to_dict(), "train_cases": len(train_cases)}, val_dice,
                 {"hours": result.seconds / 3600})

@@ -12,7 +12,7 @@ import numpy as np
 from keras import layers
 
 from unet3d.config import ModelConfig
-from unet3d.layers import (
+from unet3d.models.layers import (
     context_module,
     conv3d,
     localization_module,

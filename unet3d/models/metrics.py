@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from unet3d.labels import REGIONS
+from data_generators.labels import REGIONS
 
 # class indices (labels output mode) that make up each region
 _REGION_CLASSES = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
