@@ -11,6 +11,8 @@ import numpy as np
 
 from data_generators.fileio import atomic_write_text
 from unet3d.artifacts.keras_file import save_model
+from unet3d.models.metrics import predicted_regions, target_regions
+from unet3d.training.summaries import EventWriter
 
 STATE_FILE = "state.json"
 
@@ -97,12 +99,8 @@ class ValidationImage(keras.callbacks.Callback):
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
-        from unet3d.models.metrics import predicted_regions, target_regions
-
         if self._writer is None:
-            self._writer = tf.summary.create_file_writer(str(self.log_dir / "images"))
+            self._writer = EventWriter(self.log_dir / "images")
         pred = self.model(self.x, training=False)
         pred = keras.ops.convert_to_numpy(predicted_regions(pred, self.output_mode))[0]
         true = keras.ops.convert_to_numpy(target_regions(self.y, self.output_mode))[0]
@@ -111,9 +109,8 @@ class ValidationImage(keras.callbacks.Callback):
         image = self.x[0, :, :, z, self.channel]
         panels = [overlay(image, np.zeros_like(true[:, :, z])),
                   overlay(image, true[:, :, z]), overlay(image, pred[:, :, z])]
-        picture = np.concatenate(panels, axis=1)[None]
-        with self._writer.as_default():
-            tf.summary.image("validation/image_truth_prediction", picture, step=epoch)
+        picture = np.concatenate(panels, axis=1)
+        self._writer.image("validation/image_truth_prediction", picture, epoch)
         self._writer.flush()
 
     def on_train_end(self, logs=None):

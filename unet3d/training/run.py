@@ -275,6 +275,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         worker_seed,
     )
     from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
+    from unet3d.training.summaries import EpochScalars
 
     keras.utils.set_random_seed(config.seed)
     mode = config.model.output_mode
@@ -324,8 +325,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         EpochSeeds(config.seed),  # dropout masks depend on (seed, epoch): exact resume
         keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
         keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=resume),
-        keras.callbacks.TensorBoard(str(tensorboard_dir), update_freq="epoch",
-                                    write_graph=False),
+        EpochScalars(tensorboard_dir),  # keras.callbacks.TensorBoard needs TensorFlow
         checkpoint,
     ]
     if val_data is not None:
