@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -254,16 +255,14 @@ def _graph(model) -> list[tuple[object, list[int], list[int]]]:
     order = []
     while pending:
         progressed = False
-        for layer in list(pending):
-            for node in layer._inbound_nodes:
-                ins = [id(t) for t in node.input_tensors]
-                if ins and all(i in known for i in ins):
-                    outs = [id(t) for t in node.output_tensors]
-                    order.append((layer, ins, outs))
-                    known.update(outs)
-                    pending.remove(layer)
-                    progressed = True
-                    break
+        for layer in list(pending):  # each layer is called once: public .input / .output
+            ins = [id(t) for t in keras.tree.flatten(layer.input)]
+            if ins and all(i in known for i in ins):
+                outs = [id(t) for t in keras.tree.flatten(layer.output)]
+                order.append((layer, ins, outs))
+                known.update(outs)
+                pending.remove(layer)
+                progressed = True
         if not progressed:
             names = ", ".join(layer.name for layer in pending[:5])
             raise InputError(f"model {model.name}: cannot order layers ({names})")

@@ -11,6 +11,7 @@ import numpy as np
 
 from data_generators.fileio import atomic_write_text
 from unet3d.artifacts.keras_file import save_model
+from unet3d.keras_compat import seed_state
 from unet3d.models.metrics import predicted_regions, target_regions
 from unet3d.training.summaries import EventWriter
 
@@ -138,7 +139,7 @@ class EpochSeeds(keras.callbacks.Callback):
         generators = [layer.seed_generator for layer in self.model.layers
                       if getattr(layer, "seed_generator", None) is not None]
         for index, generator in enumerate(generators):
-            state = generator.state
+            state = seed_state(generator)
             draw = np.random.default_rng([self.seed, int(epoch), index]).integers(
                 1, 2**31 - 1, size=tuple(state.shape))
             state.assign(keras.ops.cast(draw, state.dtype))

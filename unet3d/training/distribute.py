@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from data_generators.errors import InputError
 from unet3d.config import STRATEGIES
+from unet3d.keras_compat import build_for_strategy, set_model_strategy
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Distribution:
     num_workers: int = 1
     worker_index: int = 0
     is_chief: bool = True
+    devices: tuple[str, ...] = ()  # JAX: the devices keras.distribution spreads over
 
     @property
     def distributed(self) -> bool:
@@ -72,6 +75,9 @@ class Distribution:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def describe(self) -> str:
+        if self.devices:
+            return (f"strategy {self.name}: keras.distribution.DataParallel over "
+                    + ", ".join(self.devices))
         if not self.distributed:
             return "strategy default: one device"
         text = f"strategy {self.name}: {self.num_replicas} replica(s)"
@@ -132,6 +138,15 @@ def make_distribution(name: str = "default") -> Distribution:
         raise InputError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     if name == "default":
         return Distribution()
+    backend = keras.backend.backend()
+    if backend == "jax" and name == "mirrored":  # keras.distribution shards each batch
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return Distribution(name, None, len(devices), devices=tuple(devices))
+    if backend != "tensorflow":
+        hint = "; on JAX, --strategy mirrored uses keras.distribution" if backend == "jax" else ""
+        raise InputError(f"--strategy {name} uses tf.distribute and needs the TensorFlow "
+                         f"backend (this is KERAS_BACKEND={backend}){hint}")
     import tensorflow as tf
 
     if name == "mirrored":
@@ -323,12 +338,12 @@ def fit_context(model, dist: Distribution, sample) -> Iterator[None]:
         yield
         return
     with dist.strategy.scope():
-        model._symbolic_build(data_batch=sample)
-        model._distribute_strategy = None
+        build_for_strategy(model, sample)
+        set_model_strategy(model, None)
         model.train_step = _vector_logs(type(model).train_step.__get__(model))
         model.test_step = _vector_logs(type(model).test_step.__get__(model))
         try:
             yield
         finally:
             del model.train_step, model.test_step
-            model._distribute_strategy = dist.strategy
+            set_model_strategy(model, dist.strategy)

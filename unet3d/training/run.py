@@ -161,7 +161,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         if resume and not (run_dir / "last.keras").is_file():
             raise InputError(f"--resume: {run_dir} holds no last.keras to resume from "
                              "(every worker must see the chief's run directory)")
-    if dist.distributed:
+    if dist.distributed or dist.devices:
         log(dist.describe())
 
     from data_generators.dataset import split_cases
