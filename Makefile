@@ -13,7 +13,8 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	# the package itself (console scripts), and the JAX and PyTorch backends for the tests
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[jax,torch]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
