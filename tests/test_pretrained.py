@@ -19,6 +19,8 @@ from unet3d.config import TrainConfig
 from unet3d.postprocessing import read_plan
 from unet3d.training.finetune import encoder_layers
 
+pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast
+
 KERAS = REPO_MODELS / f"{DEFAULT_NAME}.keras"
 INT8 = REPO_MODELS / f"{DEFAULT_NAME}_int8.tflite"
 FP16 = REPO_MODELS / f"{DEFAULT_NAME}_fp16.tflite"

@@ -57,6 +57,7 @@ def test_validation_dice_rises(tiny_run):
     assert result.val_dice["WT"] > 0.5
 
 
+@pytest.mark.slow
 def test_training_on_every_case_without_validation(tmp_path):
     """validation_cases: [] is nnU-Net's fold "all": every case trains, best = last epoch."""
     config = TrainConfig(out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),

@@ -101,14 +101,6 @@ def test_determinism_per_epoch_and_index(cases):
     assert not np.array_equal(other_seed[2][0], xa)
 
 
-def test_pydataset_kwargs_pass_through(cases):
-    ds = BratsPatchDataset(cases, patch_size=(8, 8, 8), workers=2, use_multiprocessing=False,
-                           max_queue_size=4)
-    assert ds.workers == 2
-    assert ds.use_multiprocessing is False
-    assert ds.max_queue_size == 4
-
-
 def test_bad_arguments(cases):
     with pytest.raises(InputError, match="output_mode"):
         BratsPatchDataset(cases, output_mode="nope")

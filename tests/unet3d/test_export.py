@@ -26,6 +26,8 @@ from unet3d.export import (
 )
 from unet3d.models.unet import build_unet3d
 
+pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast
+
 REPO = Path(__file__).resolve().parents[2]
 WINDOW = (8, 16, 8)
 ALLOWED_OPS = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from tests.conftest import require_brats
 from unet3d.artifacts.litert_file import LiteRTModel, read_litert_config
@@ -11,6 +12,8 @@ from unet3d.config import ModelConfig, TrainConfig
 from unet3d.export import export_litert
 from unet3d.export.calibration import draw_patches
 from unet3d.models.unet import build_unet3d
+
+pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast
 
 WINDOW = (16, 16, 16)
 

@@ -16,6 +16,7 @@ from unet3d.training.finetune import (
     transfer_weights,
 )
 
+pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast
 SMALL = ModelConfig(base_filters=4, depth=3, segmentation_levels=2, dropout=0.0)
 
 

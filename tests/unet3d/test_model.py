@@ -71,6 +71,7 @@ def test_output_shapes_any_divisible_size(mode, channels):
         np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_save_reload_safe_mode_identical(tmp_path):
     cfg = ModelConfig(base_filters=4, depth=3, output_mode="regions", l2=1e-5)
     model = build_unet3d(cfg)
