@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from data_generators.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -52,7 +54,6 @@ def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
     Raises:
         InputError: naming ``option`` and ``path`` when it cannot be used.
     """
-    from data_generators.errors import InputError
 
     path = Path(path)
     if path.exists() and not path.is_dir():

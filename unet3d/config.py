@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text
 from data_generators.labels import MODALITIES, resolve_convention
 
 OUTPUT_MODES = ("regions", "labels")
@@ -224,7 +225,6 @@ class TrainConfig:
         return TrainConfig.from_dict(merged, source="overrides")
 
     def save(self, path: str | Path) -> None:
-        from data_generators.fileio import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 

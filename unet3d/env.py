@@ -14,8 +14,10 @@ the same defaults calls it first. A value already in the environment wins:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 
 DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
 
@@ -32,8 +34,6 @@ def keras_backend() -> str:
         return sys.modules["keras"].config.backend()
     if os.environ.get("KERAS_BACKEND"):
         return os.environ["KERAS_BACKEND"]
-    import json
-    from pathlib import Path
 
     home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
     try:

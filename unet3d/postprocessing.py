@@ -36,7 +36,8 @@ from scipy import ndimage
 
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_path, atomic_write_text
-from data_generators.labels import CLASSES
+from data_generators.labels import CLASSES, REGIONS, classes_to_regions
+from unet3d.evaluation.scores import region_dice
 
 ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
@@ -207,8 +208,6 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
     cases and scores recorded) and the mean Dice per region of every
     candidate.
     """
-    from data_generators.labels import REGIONS, classes_to_regions
-    from unet3d.evaluation.scores import region_dice
 
     truth_regions = {case_id: classes_to_regions(truths[case_id]).astype(bool)
                      for case_id in class_maps}

@@ -17,6 +17,8 @@ import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 
+import keras
+
 from data_generators.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -39,7 +41,6 @@ def cpu_flags(path: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 def has_gpu() -> bool:
     """Whether the Keras backend sees a GPU."""
-    import keras
 
     try:
         return bool(keras.distribution.list_devices("gpu"))
@@ -91,7 +92,6 @@ def dtype_policy(precision: str) -> str:
 @contextlib.contextmanager
 def policy_scope(precision: str):
     """Sets Keras' global dtype policy for ``precision`` inside the block, then restores it."""
-    import keras
 
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(dtype_policy(precision))

@@ -13,6 +13,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import keras
+
+import unet3d.models.losses
+import unet3d.models.metrics  # noqa: F401  (registers the Dice metrics)
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_path
 
@@ -61,10 +65,7 @@ def load_model(path: str | Path, compile: bool = False):
     load without ``custom_objects``. A file holding a ``Lambda`` layer is
     refused by safe loading instead of executed.
     """
-    import keras
 
-    import unet3d.models.losses
-    import unet3d.models.metrics  # noqa: F401  (registers the Dice metrics)
 
     path = Path(path)
     if path.is_dir():

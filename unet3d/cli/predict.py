@@ -17,7 +17,11 @@ from pathlib import Path
 
 from data_generators.errors import InputError
 from data_generators.fileio import ensure_writable_dir
+from data_generators.labels import resolve_convention
+from unet3d.artifacts import load_artifact
 from unet3d.env import prepare_backend
+from unet3d.inference.pipeline import PredictSettings, output_paths, predict_case, resolve_plan
+from unet3d.precision import resolve_precision
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,8 +73,6 @@ def is_case_folder(path: Path) -> bool:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from data_generators.labels import resolve_convention
-    from unet3d.inference.pipeline import PredictSettings
 
     try:
         resolve_convention(args.labels)
@@ -94,8 +96,6 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from unet3d.artifacts import load_artifact
-    from unet3d.inference.pipeline import output_paths, predict_case, resolve_plan
 
     settings = settings_from_args(args)
     source = Path(args.input)
@@ -112,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
         from unet3d.artifacts.shipped import shipped_path
 
         args.model = str(shipped_path())
-    from unet3d.precision import resolve_precision
 
     precision = resolve_precision(args.precision)
     model = load_artifact(args.model, threads=settings.threads, precision=precision)

@@ -18,8 +18,10 @@ import argparse
 import sys
 
 from data_generators.errors import InputError
+from unet3d.artifacts.keras_file import read_model_config
 from unet3d.config import TrainConfig, load_config_file
 from unet3d.env import prepare_backend
+from unet3d.training.finetune import source_path
 
 # CLI option -> TrainConfig (or ModelConfig) field
 OVERRIDES = {
@@ -110,8 +112,6 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def inherited_values(model_path: str) -> dict:
     """Architecture, patch size and modalities of a pretrained ``.keras`` model."""
-    from unet3d.artifacts.keras_file import read_model_config
-    from unet3d.training.finetune import source_path
 
     embedded = read_model_config(source_path(model_path)) or {}
     return {key: embedded[key] for key in INHERITED if key in embedded}

@@ -17,7 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from data_generators.dataset import ValidationPatchDataset
 from data_generators.errors import InputError
+from data_generators.io import find_cases
+from data_generators.preprocessing import PreprocessedCache
+from unet3d.config import MODALITIES
+from unet3d.training.run import default_cache_root
 
 # preprocessing a case takes seconds; a few cases give enough variety
 MAX_CASES = 4
@@ -25,8 +30,6 @@ MAX_CASES = 4
 
 def cache_for(data_dir: Path, cache_dir: str | None):
     """The :class:`PreprocessedCache` training uses for ``data_dir``."""
-    from data_generators.preprocessing import PreprocessedCache
-    from unet3d.training.run import default_cache_root
 
     cache_root = Path(cache_dir) if cache_dir else default_cache_root()
     digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
@@ -58,9 +61,6 @@ def draw_patches(
     Raises:
         InputError: missing folder, no (matching) cases, unreadable images.
     """
-    from data_generators.dataset import ValidationPatchDataset
-    from data_generators.io import find_cases
-    from unet3d.config import MODALITIES
 
     config = config or {}
     data_dir = Path(data_dir)

@@ -10,6 +10,11 @@ from typing import Any
 import numpy as np
 
 from data_generators.errors import InputError
+from data_generators.fileio import atomic_path
+from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
+from unet3d.export import calibration as calib
+from unet3d.export.lowering import lower_model
+from unet3d.models.forward import keras_predict_fn
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # ops that must never appear: LiteRT's slow float-only 3D kernels, and TF fallbacks
@@ -121,7 +126,6 @@ def _output_mode(model) -> str:
 
 def _calibration(calibration, calibration_data, count, model_path, config, window, channels,
                  precision) -> tuple[list[np.ndarray], str]:
-    from unet3d.export import calibration as calib
 
     if calibration is not None:
         patches = []
@@ -203,9 +207,6 @@ def export_litert(
     Raises:
         InputError: bad model file, precision, window, calibration or output.
     """
-    from data_generators.fileio import atomic_path
-    from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
-    from unet3d.export.lowering import lower_model
 
     out_path = Path(out_path)
     if precision not in PRECISIONS:
@@ -249,7 +250,6 @@ def export_litert(
         raise RuntimeError(f"exported graph still holds {', '.join(bad)}")
 
     output_mode = (config or {}).get("model", {}).get("output_mode") or _output_mode(model)
-    from unet3d.models.forward import keras_predict_fn
 
     forward = keras_predict_fn(model)  # compiled once, reused for every patch
     reference = [forward(np.asarray(p, dtype=np.float32)) for p in patches]

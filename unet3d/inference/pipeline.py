@@ -12,13 +12,17 @@ import numpy as np
 
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
+from data_generators.io import find_case, load_case, save_segmentation
 from data_generators.labels import (
     REGIONS,
     classes_to_labels,
     regions_to_classes,
     resolve_convention,
 )
+from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
+from unet3d.inference.predictor import Predictor
+from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
 from unet3d.postprocessing import PostProcessing
 
 NIFTI_SUFFIX = ".nii.gz"
@@ -112,10 +116,6 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         InputError: unusable input files, or outputs that exist without
             ``overwrite``.
     """
-    from data_generators.io import find_case, load_case, save_segmentation
-    from data_generators.preprocessing import preprocess_case, uncrop
-    from unet3d.inference.predictor import Predictor
-    from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
 
     start = time.perf_counter()
     out_dir = Path(out_dir)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from unet3d.memory import available_bytes, check_fits, inference_bytes
 from unet3d.models.forward import PredictFn
 
 
@@ -175,7 +176,6 @@ class Predictor:
         Raises:
             InputError: the chosen way needs more memory than is available.
         """
-        from unet3d.memory import available_bytes, check_fits, inference_bytes
 
         padded = [s + (-s % self.stride) for s in shape[:3]]
         whole = inference_bytes(padded, self.base_filters)

@@ -303,7 +303,6 @@ def output_dir(run_dir: Path, dist: Distribution) -> Iterator[Path]:
 
 def _vector_logs(step):
     """``step`` with its scalar outputs as shape ``(1,)`` (see :func:`fit_context`)."""
-    import keras
 
     def wrapped(data):
         logs = step(data)

@@ -22,6 +22,8 @@ from pathlib import Path
 import keras
 
 from data_generators.errors import InputError
+from unet3d.artifacts.keras_file import load_model
+from unet3d.models.unet import build_unet3d
 
 ENCODER_PREFIX = "enc"
 FIRST_CONV = "enc0_conv"
@@ -111,8 +113,6 @@ def load_source(config) -> keras.Model:
     Returns:
         The pretrained keras.Model, for :func:`init_from`.
     """
-    from unet3d.artifacts.keras_file import load_model
-    from unet3d.models.unet import build_unet3d
 
     source = load_model(source_path(config.init_from))
     transfer_weights(build_unet3d(config.model), source, str(config.init_from))

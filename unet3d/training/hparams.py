@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 HPARAMS_DIR = ("tensorboard", "hparams")
 METRICS = ("WT", "TC", "ET", "mean")
@@ -57,10 +61,6 @@ def write_trial(run_dir: str | Path, config: dict[str, Any],
             (``WT``, ``TC``, ``ET``, ``mean``).
         extra: dict or None. More metrics (``hd95_wt``, ``hours``, ...).
     """
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.plugins.hparams import summary_v2 as hparams_summary
-    from tensorboard.plugins.scalar import summary_v2 as scalar_summary
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     run_dir = Path(run_dir)
     folder = run_dir.joinpath(*HPARAMS_DIR)

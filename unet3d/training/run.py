@@ -22,12 +22,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
+from data_generators.augmentation import AugmentationConfig
+from data_generators.dataset import (
+    BratsPatchDataset,
+    EpochSpan,
+    ValidationPatchDataset,
+    split_cases,
+)
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text, ensure_writable_dir
-from data_generators.labels import REGIONS
+from data_generators.io import find_cases
+from data_generators.labels import REGIONS, classes_to_regions
+from data_generators.preprocessing import PreprocessedCache
+from data_generators.synthetic import write_synthetic_dataset
+from unet3d.artifacts.keras_file import load_model
 from unet3d.config import TrainConfig
+from unet3d.evaluation.scores import region_dice
+from unet3d.inference.predictor import predict_whole
+from unet3d.memory import check_fits, training_bytes
+from unet3d.models.forward import keras_predict_fn
+from unet3d.models.losses import make_loss
+from unet3d.models.metrics import region_metrics
+from unet3d.models.unet import build_unet3d
+from unet3d.precision import has_gpu, policy_scope
+from unet3d.training.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
+from unet3d.training.distribute import (
+    check_batch_size,
+    fit_context,
+    make_distribution,
+    output_dir,
+    train_dataset,
+    validation_dataset,
+    worker_cases,
+    worker_seed,
+)
+from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
+from unet3d.training.hparams import write_trial
+from unet3d.training.summaries import EpochScalars
 
 
 @dataclass
@@ -65,7 +99,6 @@ def default_cache_root() -> Path:
 @contextlib.contextmanager
 def precision_policy(mode: str):
     """Sets Keras' global dtype policy for ``mixed_precision`` ``mode`` during a run."""
-    from unet3d.precision import policy_scope
 
     with policy_scope({"off": "fp32"}.get(mode, mode)):
         yield
@@ -74,7 +107,6 @@ def precision_policy(mode: str):
 def _check_precision(mode: str) -> None:
     if mode != "fp16":
         return
-    from unet3d.precision import has_gpu
 
     if not has_gpu():
         raise InputError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or off")
@@ -84,7 +116,6 @@ def resolve_data(config: TrainConfig, cache_root: Path, log=print) -> Path:
     """The BraTS folder to train on; writes the synthetic dataset when ``data`` is None."""
     if config.data is not None:
         return Path(config.data)
-    from data_generators.synthetic import write_synthetic_dataset
 
     shape = "x".join(map(str, config.synthetic_shape))
     folder = cache_root / "synthetic" / f"n{config.synthetic_cases}_{shape}_seed{config.seed}"
@@ -131,7 +162,6 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     Raises:
         InputError: for unusable data, options or output folder.
     """
-    from unet3d.training.distribute import check_batch_size, make_distribution
 
     start = time.time()
     # multi-worker collectives must be set up before TensorFlow runs any op
@@ -142,7 +172,6 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         from data_generators.io import check_data_folder
 
         check_data_folder(config.data)
-    from unet3d.memory import check_fits, training_bytes
 
     patch = "x".join(map(str, config.patch_size))
     check_fits(training_bytes(config.patch_size, config.batch_size, config.model.base_filters),
@@ -164,9 +193,6 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     if dist.distributed or dist.devices:
         log(dist.describe())
 
-    from data_generators.dataset import split_cases
-    from data_generators.io import find_cases
-    from data_generators.preprocessing import PreprocessedCache
 
     cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
     data_dir = resolve_data(config, cache_root, log=log)
@@ -224,10 +250,6 @@ def truncate_log(path: Path, epochs: int) -> None:
 
 def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
     """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
-    from data_generators.labels import classes_to_regions
-    from unet3d.evaluation.scores import region_dice
-    from unet3d.inference.predictor import predict_whole
-    from unet3d.models.forward import keras_predict_fn
 
     scores = {}
     predict_fn = keras_predict_fn(model)
@@ -244,7 +266,6 @@ def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, d
 
 def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
          init_source=None) -> TrainResult:
-    from unet3d.training.distribute import output_dir
 
     with output_dir(run_dir, dist) as write_dir:
         return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
@@ -258,24 +279,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     ``init_source`` is the pretrained model of ``--init-from``, already loaded
     and checked by :func:`unet3d.training.finetune.load_source`.
     """
-    import keras
 
-    from data_generators.augmentation import AugmentationConfig
-    from data_generators.dataset import BratsPatchDataset, EpochSpan, ValidationPatchDataset
-    from unet3d.artifacts.keras_file import load_model
-    from unet3d.models.losses import make_loss
-    from unet3d.models.metrics import region_metrics
-    from unet3d.models.unet import build_unet3d
-    from unet3d.training.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
-    from unet3d.training.distribute import (
-        fit_context,
-        train_dataset,
-        validation_dataset,
-        worker_cases,
-        worker_seed,
-    )
-    from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
-    from unet3d.training.summaries import EpochScalars
 
     keras.utils.set_random_seed(config.seed)
     mode = config.model.output_mode
@@ -383,7 +387,6 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     else:
         log(f"trained on all {len(train_cases)} cases, no validation: best.keras is the "
             "last epoch's model")
-    from unet3d.training.hparams import write_trial
 
     write_trial(run_dir, {**config.to_dict(), "train_cases": len(train_cases)}, val_dice,
                 {"hours": result.seconds / 3600})
