@@ -6,6 +6,7 @@ read-only memory maps, so patch sampling reads only the voxels it needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -270,3 +271,17 @@ def _replace_dir(src: Path, dst: Path) -> None:
             shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+def default_cache_root() -> Path:
+    """``$UNET3D_CACHE`` or ``~/.cache/unet3d``."""
+    env = os.environ.get("UNET3D_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "unet3d"
+
+
+def cache_for(data_dir: str | Path, cache_root: str | Path | None = None) -> PreprocessedCache:
+    """The preprocessed cache of a data folder: one per folder (named by its resolved path)."""
+    data_dir = Path(data_dir)
+    root = Path(cache_root) if cache_root else default_cache_root()
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    return PreprocessedCache(root / "preprocessed" / f"{data_dir.name}-{digest}")

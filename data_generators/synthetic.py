@@ -213,3 +213,13 @@ def write_synthetic_dataset(
                 nib.save(img, str(tmp))
     atomic_write_text(meta, json.dumps(params) + "\n")
     return case_dirs
+
+
+def cached_synthetic_dataset(cache_root: str | Path, n_cases: int, shape: Sequence[int],
+                             seed: int, log=print) -> Path:
+    """The synthetic dataset of these settings under ``cache_root``, written once."""
+    text = "x".join(map(str, shape))
+    folder = Path(cache_root) / "synthetic" / f"n{n_cases}_{text}_seed{seed}"
+    log(f"synthetic dataset: {n_cases} cases of {text} in {folder}")
+    write_synthetic_dataset(folder, n_cases=n_cases, shape=shape, seed=seed)
+    return folder

@@ -8,7 +8,6 @@ reused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -20,20 +19,12 @@ import numpy as np
 from data_generators.dataset import ValidationPatchDataset
 from data_generators.errors import InputError
 from data_generators.io import find_cases
-from data_generators.preprocessing import PreprocessedCache
-from unet3d.config import MODALITIES
-from unet3d.training.run import default_cache_root
+from data_generators.preprocessing import cache_for, default_cache_root
+from data_generators.synthetic import cached_synthetic_dataset
+from unet3d.config import MODALITIES, TrainConfig
 
 # preprocessing a case takes seconds; a few cases give enough variety
 MAX_CASES = 4
-
-
-def cache_for(data_dir: Path, cache_dir: str | None):
-    """The :class:`PreprocessedCache` training uses for ``data_dir``."""
-
-    cache_root = Path(cache_dir) if cache_dir else default_cache_root()
-    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
-    return PreprocessedCache(cache_root / "preprocessed" / f"{data_dir.name}-{digest}")
 
 
 def draw_patches(
@@ -108,12 +99,11 @@ def run_patches(model_path: Path, config: dict[str, Any] | None, window: Sequenc
         raise InputError(f"{split_file}: not a valid split file") from None
     data = config.get("data")
     if data is None:
-        from unet3d.config import TrainConfig
-        from unet3d.training.run import default_cache_root, resolve_data
-
         train_config = TrainConfig.from_dict(config, source=str(model_path))
         root = Path(config["cache_dir"]) if config.get("cache_dir") else default_cache_root()
-        data = resolve_data(train_config, root, log=lambda _message: None)
+        data = cached_synthetic_dataset(root, train_config.synthetic_cases,
+                                        train_config.synthetic_shape, train_config.seed,
+                                        log=lambda _message: None)
     return draw_patches(data, window, count, config, case_ids=train_ids)
 
 

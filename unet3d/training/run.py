@@ -13,9 +13,7 @@ is the global batch, and only the chief writes the run directory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,8 +34,8 @@ from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text, ensure_writable_dir
 from data_generators.io import find_cases
 from data_generators.labels import REGIONS, classes_to_regions
-from data_generators.preprocessing import PreprocessedCache
-from data_generators.synthetic import write_synthetic_dataset
+from data_generators.preprocessing import cache_for, default_cache_root
+from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.artifacts.keras_file import load_model
 from unet3d.config import TrainConfig
 from unet3d.evaluation.scores import region_dice
@@ -90,12 +88,6 @@ class TrainResult:
     is_chief: bool = True
 
 
-def default_cache_root() -> Path:
-    """``$UNET3D_CACHE`` or ``~/.cache/unet3d``."""
-    env = os.environ.get("UNET3D_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "unet3d"
-
-
 @contextlib.contextmanager
 def precision_policy(mode: str):
     """Sets Keras' global dtype policy for ``mixed_precision`` ``mode`` during a run."""
@@ -116,13 +108,8 @@ def resolve_data(config: TrainConfig, cache_root: Path, log=print) -> Path:
     """The BraTS folder to train on; writes the synthetic dataset when ``data`` is None."""
     if config.data is not None:
         return Path(config.data)
-
-    shape = "x".join(map(str, config.synthetic_shape))
-    folder = cache_root / "synthetic" / f"n{config.synthetic_cases}_{shape}_seed{config.seed}"
-    log(f"synthetic dataset: {config.synthetic_cases} cases of {shape} in {folder}")
-    write_synthetic_dataset(folder, n_cases=config.synthetic_cases,
-                            shape=config.synthetic_shape, seed=config.seed)
-    return folder
+    return cached_synthetic_dataset(cache_root, config.synthetic_cases, config.synthetic_shape,
+                                    config.seed, log=log)
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
@@ -218,8 +205,7 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     if missing:
         raise InputError(f"{data_dir}: cases of the saved split are missing: {', '.join(missing)}")
 
-    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
-    cache = PreprocessedCache(cache_root / "preprocessed" / f"{data_dir.name}-{digest}")
+    cache = cache_for(data_dir, cache_root)
     log(f"preprocessing {len(cases)} cases (cached in {cache.root})")
     train_cases = [cache.get(by_id[i], config.label_convention) for i in train_ids]
     val_cases = [cache.get(by_id[i], config.label_convention) for i in val_ids]
