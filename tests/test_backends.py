@@ -1,4 +1,4 @@
-"""Backend smoke test: the same small real-data run under JAX and PyTorch on CPU.
+"""Backend smoke test: the same small real-data run under TensorFlow, JAX and PyTorch on CPU.
 
 Each backend runs in its own process (Keras picks its backend at import):
 train a tiny network for a few steps on three real cases, reload its
@@ -62,7 +62,7 @@ def _run(backend: str, *argv: str) -> subprocess.CompletedProcess:
     return done
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_train_reload_and_predict_under(backend, three_cases, tensorflow_labels, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG))

@@ -1,0 +1,74 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a torn one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from data_generators.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; renames it over ``path`` on success.
+
+    The temporary name keeps the final suffixes (``.nii.gz``, ``.keras``) so
+    libraries that dispatch on the extension still work. The file gets the
+    permissions a plain ``open`` would give (``0o666`` less the umask), or
+    those of the file it replaces, not ``mkstemp``'s owner-only ``0o600``. On
+    error the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp_path, _mode_for(path))
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _mode_for(path: Path) -> int:
+    """The existing file's permission bits, else ``0o666`` less the process umask."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def ensure_writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Creates folder ``path`` if needed and checks a file can be written in it.
+
+    Raises:
+        InputError: naming ``option`` and ``path`` when it cannot be used.
+    """
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"{option} {path}: cannot write there ({err.strerror})") from None
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,287 @@
+"""Brain cropping, per-modality z-scoring and an on-disk cache of preprocessed cases.
+
+The cache stores, per case, uncompressed ``.npy`` arrays that are opened as
+read-only memory maps, so patch sampling reads only the voxels it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_generators.errors import InputError
+from data_generators.io import CaseFiles, load_case
+from data_generators.labels import resolve_convention
+
+PREPROCESSING_VERSION = 1
+MAX_FOREGROUND = 20000
+
+Box = tuple[tuple[int, int], ...]
+
+
+def brain_bbox(image: np.ndarray) -> Box:
+    """Bounding box of the voxels non-zero in any modality.
+
+    Args:
+        image: ``(X, Y, Z, C)`` or ``(X, Y, Z)`` array.
+
+    Returns:
+        ``((x0, x1), (y0, y1), (z0, z1))``, lower bound inclusive, upper exclusive.
+
+    Raises:
+        ValueError: if every voxel is zero.
+    """
+    mask = np.asarray(image) != 0
+    if mask.ndim == 4:
+        mask = mask.any(axis=-1)
+    if not mask.any():
+        raise ValueError("image is all zero: no brain to crop to")
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def crop(array: np.ndarray, box: Box) -> np.ndarray:
+    """Crops ``(X, Y, Z[, C])`` to ``box`` (a view)."""
+    return array[tuple(slice(lo, hi) for lo, hi in box)]
+
+
+def uncrop(
+    array: np.ndarray, box: Box, original_shape: Sequence[int], fill: float = 0
+) -> np.ndarray:
+    """Places a cropped ``(X, Y, Z[, C])`` array back into the full volume.
+
+    Args:
+        array: the cropped array; trailing channel axes are kept.
+        box: the box it was cropped with.
+        original_shape: the full spatial shape ``(X, Y, Z)``.
+        fill: value outside the box.
+
+    Returns:
+        An array of shape ``original_shape + array.shape[3:]``.
+    """
+    array = np.asarray(array)
+    full = np.full(tuple(int(s) for s in original_shape[:3]) + array.shape[3:], fill,
+                   dtype=array.dtype)
+    full[tuple(slice(lo, hi) for lo, hi in box)] = array
+    return full
+
+
+def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per-channel z-scoring with statistics from inside ``mask``.
+
+    Args:
+        image: ``(X, Y, Z, C)``.
+        mask: ``(X, Y, Z)`` boolean.
+
+    Returns:
+        float32 ``(X, Y, Z, C)``: ``(x - mean) / std`` inside the mask, 0
+        outside; a channel with std 0 is only centred.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    out = np.zeros(image.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    for c in range(image.shape[-1]):
+        values = image[..., c][mask].astype(np.float64)
+        mean = values.mean()
+        std = values.std()
+        scaled = (values - mean) / std if std > 0 else values - mean
+        out[..., c][mask] = scaled.astype(np.float32)
+    return out
+
+
+def preprocess_case(
+    image: np.ndarray, label: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, Box]:
+    """Crops to the brain and z-scores each modality inside the brain mask.
+
+    Args:
+        image: ``(X, Y, Z, C)`` raw intensities.
+        label: ``(X, Y, Z)`` class indices or None.
+
+    Returns:
+        ``(image float32, label uint8 or None, crop_box)``.
+    """
+    box = brain_bbox(image)
+    cropped = crop(image, box)
+    mask = (cropped != 0).any(axis=-1)
+    out = zscore_in_mask(cropped, mask)
+    lab = None if label is None else np.ascontiguousarray(crop(label, box), dtype=np.uint8)
+    return out, lab, box
+
+
+def foreground_coords(label: np.ndarray | None, limit: int = MAX_FOREGROUND) -> np.ndarray:
+    """Voxel coordinates ``(N, 3)`` int32 with label > 0, at most ``limit`` (seeded subsample)."""
+    if label is None:
+        return np.zeros((0, 3), dtype=np.int32)
+    coords = np.argwhere(np.asarray(label) > 0).astype(np.int32)
+    if len(coords) > limit:
+        keep = np.random.default_rng(0).choice(len(coords), size=limit, replace=False)
+        coords = coords[np.sort(keep)]
+    return coords
+
+
+@dataclass
+class PreprocessedCase:
+    """A cropped, normalised case, usually memory-mapped from the cache.
+
+    Args:
+        case_id: str.
+        image: float32 ``(X, Y, Z, C)``, z-scored, cropped to the brain.
+        label: uint8 ``(X, Y, Z)`` classes 0..3, or None.
+        properties: :func:`load_case` properties plus ``crop_box``.
+        foreground: int32 ``(N, 3)`` coordinates of tumor voxels (subsampled).
+    """
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    properties: dict[str, Any]
+    foreground: np.ndarray
+
+
+def _fingerprint(case: CaseFiles, label_convention: str) -> dict[str, Any]:
+    files = [*case.images] + ([case.label] if case.label is not None else [])
+    entries = []
+    for path in files:
+        stat = Path(path).stat()
+        entries.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return {
+        "version": PREPROCESSING_VERSION,
+        "label_convention": resolve_convention(label_convention),
+        "files": entries,
+        "has_label": case.label is not None,
+    }
+
+
+class PreprocessedCache:
+    """Preprocessed cases stored as ``root/<case_id>/{image,label,foreground}.npy``.
+
+    A case is rebuilt when its ``properties.json`` fingerprint (source paths,
+    sizes, mtimes, label convention, ``PREPROCESSING_VERSION``) no longer
+    matches. Each case folder is written into a temporary folder and renamed
+    into place, so an interrupted build never leaves a partial case.
+
+    Args:
+        root: cache folder (created when needed).
+        log: optional callable receiving progress messages.
+    """
+
+    def __init__(self, root: str | Path, log: Callable[[str], None] | None = None) -> None:
+        self.root = Path(root)
+        self.log = log
+        self.builds = 0  # cases (re)built by this object
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.root / case_id
+
+    def get(self, case: CaseFiles, label_convention: str = "brats2017") -> PreprocessedCase:
+        """Returns the cached case, building it first when missing or stale.
+
+        Args:
+            case: the source files.
+            label_convention: convention of the label file.
+
+        Returns:
+            The case with memory-mapped, read-only arrays.
+        """
+        fingerprint = _fingerprint(case, label_convention)
+        cached = self._open(case.case_id, fingerprint)
+        if cached is not None:
+            return cached
+        self._build(case, label_convention, fingerprint)
+        cached = self._open(case.case_id, fingerprint)
+        if cached is None:  # pragma: no cover - only if the folder vanished meanwhile
+            raise RuntimeError(f"{self.case_dir(case.case_id)}: cache build failed")
+        return cached
+
+    def get_many(
+        self, cases: Sequence[CaseFiles], label_convention: str = "brats2017"
+    ) -> list[PreprocessedCase]:
+        """:meth:`get` for each case, in order."""
+        return [self.get(case, label_convention) for case in cases]
+
+    def _open(self, case_id: str, fingerprint: dict[str, Any]) -> PreprocessedCase | None:
+        folder = self.case_dir(case_id)
+        try:
+            properties = json.loads((folder / "properties.json").read_text())
+            if properties.get("fingerprint") != fingerprint:
+                return None
+            image = np.load(folder / "image.npy", mmap_mode="r")
+            label = None
+            if fingerprint["has_label"]:
+                label = np.load(folder / "label.npy", mmap_mode="r")
+            foreground = np.load(folder / "foreground.npy")
+        except (OSError, ValueError, KeyError):
+            return None
+        properties["crop_box"] = [tuple(b) for b in properties["crop_box"]]
+        return PreprocessedCase(case_id, image, label, properties, foreground)
+
+    def _build(self, case: CaseFiles, label_convention: str, fingerprint: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log(f"caching case {case.case_id}")
+        image, label, properties = load_case(case, label_convention)
+        try:
+            image, label, box = preprocess_case(image, label)
+        except ValueError as err:  # an all-zero (empty) scan: nothing to crop to
+            raise InputError(f"{case.images[0]}: {err}") from None
+        properties = {
+            **properties,
+            "crop_box": [list(b) for b in box],
+            "cropped_shape": list(image.shape[:3]),
+            "fingerprint": fingerprint,
+        }
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.", suffix=".tmp", dir=self.root))
+        try:
+            np.save(tmp / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
+            if label is not None:
+                np.save(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
+            np.save(tmp / "foreground.npy", foreground_coords(label))
+            (tmp / "properties.json").write_text(json.dumps(properties, indent=1) + "\n")
+            _replace_dir(tmp, self.case_dir(case.case_id))
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.builds += 1
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Moves folder ``src`` to ``dst``, replacing an existing ``dst``."""
+    if dst.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        os.replace(dst, trash / dst.name)
+        try:
+            os.replace(src, dst)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def default_cache_root() -> Path:
+    """``$UNET3D_CACHE`` or ``~/.cache/unet3d``."""
+    env = os.environ.get("UNET3D_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "unet3d"
+
+
+def cache_for(data_dir: str | Path, cache_root: str | Path | None = None) -> PreprocessedCache:
+    """The preprocessed cache of a data folder: one per folder (named by its resolved path)."""
+    data_dir = Path(data_dir)
+    root = Path(cache_root) if cache_root else default_cache_root()
+    digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
+    return PreprocessedCache(root / "preprocessed" / f"{data_dir.name}-{digest}")

@@ -1,0 +1,19 @@
+"""Isensee et al. 2017 3D U-Net for brain tumor segmentation, in Keras 3.
+
+Importing this package changes no environment variable, file descriptor or
+Keras state. Layers, bottom to top (each imports only those below it):
+
+* :mod:`data_generators` (a package of its own): labels, file I/O, NIfTI
+  cases, preprocessing, augmentation and patch datasets.
+* :mod:`unet3d.config`, :mod:`unet3d.env`, :mod:`unet3d.keras_compat`,
+  :mod:`unet3d.precision`, :mod:`unet3d.memory`: configuration and machine.
+* :mod:`unet3d.models`: layers, the network, losses and metrics.
+* :mod:`unet3d.artifacts`: a trained model on disk (``.keras`` or ``.tflite``)
+  with its config, preprocessing and post-processing, and one loader.
+* :mod:`unet3d.inference`, :mod:`unet3d.training`,
+  :mod:`unet3d.evaluation`, :mod:`unet3d.export`.
+* :mod:`unet3d.cli`: the command lines (``unet3d-train``, ``unet3d-predict``,
+  ``unet3d-evaluate``, ``unet3d-export``, ``unet3d-postprocess``).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,119 @@
+"""One loader for a trained-model artifact, ``.keras`` and LiteRT ``.tflite`` alike.
+
+An artifact is the network's weights, the ``TrainConfig`` it was trained
+with (modalities and their order, label convention, window) and the
+post-processing chosen for it on validation cases
+(:mod:`unet3d.postprocessing`). A ``.keras`` file embeds the config
+(:mod:`unet3d.artifacts.keras_file`); a ``.tflite`` file keeps it in
+``<file>.json`` beside it (:mod:`unet3d.artifacts.litert_file`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_generators.errors import InputError
+from unet3d.artifacts.keras_file import load_model, read_model_config
+from unet3d.artifacts.litert_file import LiteRTModel, report_path
+from unet3d.config import TrainConfig
+from unet3d.models.forward import keras_predict_fn
+from unet3d.models.unet import build_unet3d
+from unet3d.postprocessing import PostProcessing, read_plan
+from unet3d.precision import dtype_policy, policy_scope
+
+
+@dataclass
+class Artifact:
+    """A trained model ready for inference: its forward pass, the inputs it expects
+    (modalities, label convention, window), its output and its post-processing plan."""
+
+    path: Path
+    predict_fn: Any
+    modalities: tuple[str, ...]
+    output_mode: str
+    stride: int
+    base_filters: int
+    patch_size: tuple[int, int, int]
+    label_convention: str
+    fixed_window: bool = False  # LiteRT files take exactly one window size
+    precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
+    postprocessing: PostProcessing | None = None  # the plan stored with the model file
+
+
+def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -> Artifact:
+    """Loads a ``.keras`` or LiteRT ``.tflite`` model with its config and post-processing.
+
+    The config is embedded in a ``.keras`` file (or in ``config.json``
+    beside it); an exported ``.tflite`` keeps it in ``<file>.json`` beside.
+    A ``.keras`` model is rebuilt in ``precision`` whatever it was trained in
+    (the weights are float32 either way) and runs compiled
+    (:func:`unet3d.inference.predictor.keras_predict_fn`).
+
+    Args:
+        path: str or Path of the model.
+        threads: int, default 2. LiteRT interpreter threads.
+        precision: str, default "fp32". ``fp32`` or ``bf16``, already
+            resolved (:func:`unet3d.precision.resolve_precision`); ignored
+            for ``.tflite`` files.
+
+    Raises:
+        InputError: the file is not a model, has no config, or its input
+            channels disagree with the configured modalities.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".tflite":
+        return _load_litert(path, threads)
+    model = load_model(path)
+    values = read_model_config(path)
+    if values is None:
+        raise InputError(f"{path}: holds no unet3d config and there is no config.json beside "
+                         "it; the modality order cannot be known")
+    config = TrainConfig.from_dict(values, source=f"{path} config")
+    channels = model.input_shape[-1]
+    if channels != len(config.modalities):
+        raise InputError(f"{path}: the model takes {channels} input channels but its config "
+                         f"lists {len(config.modalities)} modalities {list(config.modalities)}")
+    if model.output_shape[-1] != config.model.out_channels:
+        raise InputError(f"{path}: the model has {model.output_shape[-1]} outputs but its config "
+                         f"says output mode {config.model.output_mode!r}")
+    model = with_precision(model, config.model, precision)
+    return Artifact(path=path, predict_fn=keras_predict_fn(model),
+                       modalities=tuple(config.modalities), output_mode=config.model.output_mode,
+                       stride=config.model.stride, base_filters=config.model.base_filters,
+                       patch_size=tuple(config.patch_size),
+                       label_convention=config.label_convention, precision=precision,
+                       postprocessing=read_plan(path))
+
+
+def with_precision(model, model_config, precision: str):
+    """``model`` itself if it already computes in ``precision``, else a rebuilt copy.
+
+    A model trained in ``mixed_bfloat16`` keeps float32 variables, so the
+    copy takes the same weights in either direction.
+    """
+    if model.dtype_policy.name == dtype_policy(precision):
+        return model
+    with policy_scope(precision):
+        rebuilt = build_unet3d(model_config, name=model.name)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def _load_litert(path: Path, threads: int) -> Artifact:
+    if threads <= 0:
+        raise InputError(f"--threads must be a positive integer, got {threads}")
+    runner = LiteRTModel(path, threads=threads)
+    if runner.config is None:
+        raise InputError(f"{path}: no {report_path(path).name} beside it; the modality order "
+                         "cannot be known (re-export with unet3d-export)")
+    config = TrainConfig.from_dict(runner.config, source=f"{report_path(path)} config")
+    if runner.channels != len(config.modalities):
+        raise InputError(f"{path}: the model takes {runner.channels} input channels but its "
+                         f"config lists {len(config.modalities)} modalities")
+    return Artifact(path=path, predict_fn=runner.predict_fn,
+                       modalities=tuple(config.modalities), output_mode=config.model.output_mode,
+                       stride=config.model.stride, base_filters=config.model.base_filters,
+                       patch_size=tuple(runner.window), label_convention=config.label_convention,
+                       fixed_window=True, precision="litert", postprocessing=read_plan(path))

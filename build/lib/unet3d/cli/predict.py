@@ -1,0 +1,182 @@
+#!/usr/bin/env python
+"""Segment brain tumors in new patients' scans into NIfTI label maps in their own space.
+
+Examples:
+    python predict.py --model runs/exp1/best.keras --input /data/Patient_042 --out preds/
+    python predict.py --model runs/exp1/best.keras --input /data/BraTS_Validation --out preds/ \\
+        --tta --preview --mesh stl
+    python predict.py --model runs/exp1/best.keras --input /data/BraTS_Training --out preds/ \\
+        --gt /data/BraTS_Training
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from data_generators.errors import InputError
+from data_generators.fileio import ensure_writable_dir
+from data_generators.labels import resolve_convention
+from unet3d.artifacts import load_artifact
+from unet3d.env import prepare_backend
+from unet3d.inference.pipeline import PredictSettings, output_paths, predict_case, resolve_plan
+from unet3d.precision import resolve_precision
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Segment brain tumors (BraTS layout) with a trained 3D U-Net.")
+    parser.add_argument("--model",
+                        help="a .keras model (its run's config inside or config.json beside "
+                             "it) or an exported LiteRT .tflite (its .tflite.json beside it); "
+                             "default: the shipped models/brats_unet3d_b8_128.keras")
+    parser.add_argument("--input", required=True,
+                        help="a case folder (four modalities) or a folder of case folders")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--labels", default="brats2017",
+                        help="label convention written: brats2017 (0,1,2,4; default) or 2023 "
+                             "(enhancing = 3)")
+    parser.add_argument("--tta", action="store_true", help="average the 8 axis mirrorings")
+    parser.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto",
+                        help="whole cropped volume at once, sliding window, or auto (whole "
+                             "when it fits --max-memory-gb)")
+    parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
+                        help="sliding window size (default: the training patch size)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding window overlap")
+    parser.add_argument("--max-memory-gb", type=float, default=4.0,
+                        help="auto mode slides windows when the whole volume would need more")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="what a .keras network computes in: bf16 only where the CPU has "
+                             "avx512_bf16 or amx_bf16 (or on a GPU), else ~20x slower; auto "
+                             "(default) picks bf16 exactly there")
+    parser.add_argument("--no-postprocess", action="store_true",
+                        help="no post-processing at all (neither step below)")
+    parser.add_argument("--et-threshold", type=int,
+                        help="enhancing tumors below this many voxels become necrosis; 0: off "
+                             "(default: the plan stored with the model, else 500)")
+    parser.add_argument("--largest-component", action=argparse.BooleanOptionalAction,
+                        help="keep only the largest connected tumor component (default: the "
+                             "plan chosen on validation and stored with the model, else off)")
+    parser.add_argument("--preview", action="store_true", help="PNG montage of axial slices")
+    parser.add_argument("--mesh", choices=("stl", "obj"), help="surface mesh per region (mm)")
+    parser.add_argument("--gt", help="ground-truth folder: score the predictions (CSV + table)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads")
+    return parser.parse_args(argv)
+
+
+def is_case_folder(path: Path) -> bool:
+    """A case folder holds NIfTI files itself; a dataset folder holds case folders."""
+    return any(p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
+               for p in path.iterdir())
+
+
+def settings_from_args(args: argparse.Namespace):
+
+    try:
+        resolve_convention(args.labels)
+    except ValueError as err:
+        raise InputError(f"--labels: {err}") from None
+    patch = None
+    if args.patch_size:
+        if len(args.patch_size) not in (1, 3) or min(args.patch_size) <= 0:
+            raise InputError("--patch-size takes one or three positive sizes")
+        patch = tuple(args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size)
+    if args.et_threshold is not None and args.et_threshold < 0:
+        raise InputError(f"--et-threshold must be >= 0, got {args.et_threshold}")
+    if not 0 <= args.overlap < 1:
+        raise InputError(f"--overlap must lie in [0, 1), got {args.overlap}")
+    return PredictSettings(labels=args.labels, tta=args.tta, mode=args.mode, patch_size=patch,
+                           overlap=args.overlap, postprocess=not args.no_postprocess,
+                           et_min_voxels=args.et_threshold, preview=args.preview,
+                           largest_component=args.largest_component,
+                           mesh=args.mesh, overwrite=args.overwrite,
+                           max_memory_gb=args.max_memory_gb, threads=args.threads)
+
+
+def run(args: argparse.Namespace) -> int:
+
+    settings = settings_from_args(args)
+    source = Path(args.input)
+    if not source.exists():
+        raise InputError(f"--input {source}: does not exist")
+    if not source.is_dir():
+        raise InputError(f"--input {source}: is not a folder")
+    out = Path(args.out)
+    if args.patch_size and len(args.patch_size) not in (1, 3):
+        raise InputError("--patch-size takes one or three sizes")
+    ensure_writable_dir(out, "--out")
+    shipped = args.model is None
+    if shipped:
+        from unet3d.artifacts.shipped import shipped_path
+
+        args.model = str(shipped_path())
+
+    precision = resolve_precision(args.precision)
+    model = load_artifact(args.model, threads=settings.threads, precision=precision)
+    if settings.patch_size and any(p % model.stride for p in settings.patch_size):
+        raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "
+                         f"network's stride {model.stride}")
+    card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
+    plan, plan_source = resolve_plan(model.postprocessing, settings)
+    print(f"model: {model.path} ({model.output_mode}, {model.precision}, modalities "
+          f"{', '.join(model.modalities)}{card})")
+    print(f"post-processing ({plan_source}): {plan.describe()}")
+
+    if is_case_folder(source):
+        report = predict_case(source, out, model, settings)
+        print_case(report)
+        failures = {}
+    else:
+        import keras
+
+        cases = sorted(p for p in source.iterdir() if p.is_dir())
+        if not cases:
+            raise InputError(f"--input {source}: holds no case folders")
+        failures, done, skipped = {}, 0, 0
+        bar = keras.utils.Progbar(len(cases), unit_name="case")
+        for index, case_dir in enumerate(cases, start=1):
+            paths = output_paths(out, case_dir.name, settings)
+            if not settings.overwrite and paths["segmentation"].exists():
+                skipped += 1
+            else:
+                try:
+                    predict_case(case_dir, out, model, settings)
+                    done += 1
+                except InputError as err:
+                    failures[case_dir.name] = str(err)
+            bar.update(index)
+        print(f"{done} segmented, {skipped} already done (--overwrite to redo), "
+              f"{len(failures)} failed; outputs in {out}")
+        for name, reason in failures.items():
+            print(f"failed: {name}: {reason}", file=sys.stderr)
+
+    if args.gt:
+        from unet3d.evaluation.folder import evaluate_folder, format_summary
+
+        rows, summary = evaluate_folder(out, args.gt, csv_path=out / "evaluation.csv",
+                                        convention=settings.labels, overwrite=True)
+        print(format_summary(summary, len(rows)))
+        print(f"per-case scores: {out / 'evaluation.csv'}")
+    return 1 if failures else 0
+
+
+def print_case(report: dict) -> None:
+    volumes = "  ".join(f"{r} {v['cm3']:.1f} cm3" for r, v in report["volumes"].items())
+    print(f"{report['case_id']}: {report['segmentation']}  ({volumes}; "
+          f"{report['runtime_s']['total']:.1f} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prepare_backend()
+    try:
+        return run(args)
+    except InputError as err:
+        print(f"predict.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

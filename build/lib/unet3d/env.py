@@ -1,0 +1,77 @@
+"""Environment defaults for the command-line tools, applied by them and never on import.
+
+* ``TF_CPP_MIN_LOG_LEVEL=2`` quietens TensorFlow's C++ start-up chatter.
+* ``TF_ENABLE_ONEDNN_OPTS=1`` turns on the oneDNN CPU kernels, which TF 2.21
+  leaves off on CPUs without AVX-512: measured on 2 cores, a 16->16 Conv3D
+  forward + backward at 2 x 64^3 takes 0.23 s with oneDNN and 1.13 s without,
+  and a train step of the demo network 0.60 s instead of 4.56 s.
+
+``import unet3d`` changes nothing: the command lines (:mod:`unet3d.cli`) call
+:func:`prepare_backend` before Keras loads. A program of your own that wants
+the same defaults calls it first. A value already in the environment wins:
+``TF_ENABLE_ONEDNN_OPTS=0`` restores TensorFlow's default kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
+def apply_defaults() -> None:
+    """Sets each default that the environment does not already set."""
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def keras_backend() -> str:
+    """The backend Keras will use (``KERAS_BACKEND``, else its config), without importing it."""
+    if "keras" in sys.modules:
+        return sys.modules["keras"].config.backend()
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+
+    home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    try:
+        return json.loads((home / "keras.json").read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with file descriptor 2 pointed at /dev/null.
+
+    With oneDNN on, TensorFlow's shared libraries log "oneDNN custom
+    operations are on" from their static initialisers, before absl logging is
+    set up, so ``TF_CPP_MIN_LOG_LEVEL`` cannot silence it. The command-line
+    tools call this first so that their stderr holds only their own messages.
+    Python exceptions raised by the import still propagate.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def prepare_backend() -> str:
+    """Applies the defaults and, on the TensorFlow backend, loads TensorFlow quietly.
+
+    Returns:
+        The Keras backend's name.
+    """
+    apply_defaults()
+    backend = keras_backend()
+    if backend == "tensorflow":
+        import_tensorflow_quietly()
+    return backend

@@ -1,0 +1,291 @@
+"""Converting the lowered U-Net to ``.tflite`` (fp32, fp16, int8) and checking it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_path
+from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
+from unet3d.export import calibration as calib
+from unet3d.export.lowering import lower_model
+from unet3d.models.forward import keras_predict_fn
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# ops that must never appear: LiteRT's slow float-only 3D kernels, and TF fallbacks
+FORBIDDEN_OPS = ("CONV_3D", "CONV_3D_TRANSPOSE")
+DEFAULT_CALIBRATION_PATCHES = 8
+
+
+def model_stride(model) -> int:
+    """2 ** (number of stride-2 Conv3D layers): spatial sizes must be multiples of it."""
+    strided = [layer for layer in model.layers if type(layer).__name__ == "Conv3D"
+               and tuple(layer.get_config()["strides"]) != (1, 1, 1)]
+    return 2 ** len(strided)
+
+
+def check_window(window: Sequence[int] | int, stride: int) -> tuple[int, int, int]:
+    """Validates a window: 1 or 3 positive sizes, each divisible by ``stride``.
+
+    Raises:
+        InputError: naming ``--window``.
+    """
+    values = [window] if isinstance(window, (int, np.integer)) else list(window)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or any(int(v) <= 0 for v in values):
+        raise InputError(f"--window needs 1 or 3 positive sizes, got {values}")
+    window = tuple(int(v) for v in values)
+    if any(v % stride for v in window):
+        raise InputError(f"--window {'x'.join(map(str, window))} is not divisible by the "
+                         f"model stride {stride}")
+    return window
+
+
+def convert(concrete_fn, precision: str, calibration: Sequence[np.ndarray] = ()) -> bytes:
+    """Runs TF's LiteRT converter on the lowered function.
+
+    Args:
+        concrete_fn: from :func:`unet3d.export.lowering.lower_model`.
+        precision: ``fp32``; ``fp16`` (fp16 weights, fp32 compute); ``int8``
+            (int8 weights and activations, float32 input and output).
+        calibration: float32 `(1, D, H, W, C)` patches; needed for int8.
+
+    Returns:
+        The ``.tflite`` flatbuffer.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_fn], tf.Module())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if precision == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if not calibration:
+            raise InputError("int8 export needs calibration patches")
+        patches = list(calibration)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([p] for p in patches)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.float32
+        converter.inference_output_type = tf.float32
+    elif precision != "fp32":
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return converter.convert()
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def whole_tumor(probabilities: np.ndarray, output_mode: str) -> np.ndarray:
+    """WT mask: channel 0 > 0.5 (regions) or argmax > 0 (labels), `(..., K)` -> `(...)`."""
+    if output_mode == "regions":
+        return probabilities[..., 0] > 0.5
+    return np.argmax(probabilities, axis=-1) > 0
+
+
+def agreement(reference: Sequence[np.ndarray], exported: Sequence[np.ndarray],
+              output_mode: str) -> dict[str, float]:
+    """Differences between two models' probabilities on the same patches.
+
+    Args:
+        reference, exported: float32 `(1, D, H, W, K)` per patch.
+        output_mode: ``regions`` or ``labels``.
+
+    Returns:
+        max / mean absolute difference, WT Dice pooled over the patches, the
+        lowest per-patch WT Dice, and the share of voxels whose WT call differs.
+    """
+    ref = np.concatenate(reference)
+    out = np.concatenate(exported)
+    wt_ref, wt_out = whole_tumor(ref, output_mode), whole_tumor(out, output_mode)
+    per_patch = [dice(a, b) for a, b in zip(wt_ref, wt_out, strict=True)]
+    return {
+        "max_abs_diff": float(np.abs(ref - out).max()),
+        "mean_abs_diff": float(np.abs(ref - out).mean()),
+        "dice_wt": dice(wt_ref, wt_out),
+        "dice_wt_min": float(min(per_patch)),
+        "wt_voxels_differ": float(np.mean(wt_ref != wt_out)),
+        "wt_voxels_keras": float(wt_ref.mean()),
+    }
+
+
+def _output_mode(model) -> str:
+    activation = model.layers[-1].get_config().get("activation") if model.layers else None
+    return "labels" if activation == "softmax" else "regions"
+
+
+def _calibration(calibration, calibration_data, count, model_path, config, window, channels,
+                 precision) -> tuple[list[np.ndarray], str]:
+
+    if calibration is not None:
+        patches = []
+        for patch in calibration:
+            patch = np.asarray(patch, dtype=np.float32)
+            if patch.ndim == 4:
+                patch = patch[None]
+            if patch.shape != (1, *window, channels):
+                raise InputError(f"calibration patch of shape {patch.shape}, expected "
+                                 f"{(1, *window, channels)}")
+            patches.append(patch)
+        if not patches:
+            raise InputError("calibration holds no patches")
+        return patches, "given"
+    if calibration_data is not None:
+        path = Path(calibration_data)
+        try:
+            return calib.draw_patches(path, window, count, config), f"--calibration-data {path}"
+        except InputError as err:
+            raise InputError(f"--calibration-data: {err}") from None
+    reason = "no model file"
+    if model_path is not None:
+        try:
+            return (calib.run_patches(model_path, config, window, count),
+                    f"training cases of {model_path.parent}")
+        except InputError as err:
+            reason = str(err)
+    if precision == "int8":
+        raise InputError(f"int8 needs real calibration patches: {reason}; "
+                         "pass --calibration-data DIR")
+    return calib.random_patches(window, channels, min(count, 2)), f"random ({reason})"
+
+
+def export_litert(
+    model_or_path,
+    out_path: str | Path,
+    precision: str = "fp32",
+    window: Sequence[int] | int | None = None,
+    calibration: Iterable[np.ndarray] | None = None,
+    threads: int = 2,
+    *,
+    calibration_data: str | Path | None = None,
+    calibration_patches: int = DEFAULT_CALIBRATION_PATCHES,
+    config: dict[str, Any] | None = None,
+    overwrite: bool = True,
+) -> dict[str, Any]:
+    """Exports a trained U-Net to a LiteRT ``.tflite`` file with a JSON report beside it.
+
+    The model is lowered to 4D ops (:func:`unet3d.export.lowering.lower_model`)
+    for one static window, converted, checked for forbidden ops (``CONV_3D``,
+    Flex) and compared with the Keras model on the calibration patches.
+    ``out_path`` and ``<out_path>.json`` are written atomically; nothing is
+    left behind on error.
+
+    Args:
+        model_or_path: keras.Model, or str/Path of a ``.keras`` file (its
+            embedded or sibling config is used).
+        out_path: str or Path of the ``.tflite`` file.
+        precision: ``fp32``, ``fp16`` (fp16 weights) or ``int8`` (full integer
+            weights and activations, float32 input/output).
+        window: (D, H, W), one size for all axes, or None: the config's
+            training ``patch_size``. Must be divisible by the model stride.
+        calibration: float32 patches `(1, D, H, W, C)` or `(D, H, W, C)`, or
+            None: drawn from ``calibration_data``, else from the run's training
+            cases (``split.json`` beside the model), else (fp32/fp16 only)
+            seeded random patches.
+        threads: int, default 2. LiteRT threads for the agreement check.
+        calibration_data: folder of BraTS case folders to draw patches from.
+        calibration_patches: int, default 8. Patches to draw.
+        config: TrainConfig dict stored with the export; default: the model
+            file's.
+        overwrite: bool, default True. False refuses an existing ``out_path``.
+
+    Returns:
+        The report dict (also in ``<out_path>.json``): ``path``, ``precision``,
+        ``window``, ``size_bytes``, ``ops`` (name -> count), ``calibration``,
+        ``agreement`` (see :func:`agreement`), ``config``.
+
+    Raises:
+        InputError: bad model file, precision, window, calibration or output.
+    """
+
+    out_path = Path(out_path)
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if out_path.suffix != ".tflite":
+        raise InputError(f"--out {out_path}: must end in .tflite")
+    if out_path.exists() and not overwrite:
+        raise InputError(f"--out {out_path}: exists; pass --overwrite to replace it")
+    if out_path.is_dir():
+        raise InputError(f"--out {out_path}: is a folder")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {out_path}: cannot write there ({err.strerror})") from None
+    if calibration_patches <= 0:
+        raise InputError(f"--calibration-patches must be positive, got {calibration_patches}")
+
+    model_path = None
+    if isinstance(model_or_path, (str, Path)):
+        from unet3d.artifacts.keras_file import load_model, read_model_config
+
+        model_path = Path(model_or_path)
+        model = load_model(model_path)
+        config = config if config is not None else read_model_config(model_path)
+    else:
+        model = model_or_path
+    if window is None:
+        if not config or not config.get("patch_size"):
+            raise InputError("--window is needed: the model has no training config")
+        window = config["patch_size"]
+    window = check_window(window, model_stride(model))
+    channels = int(model.inputs[0].shape[-1])
+    patches, source = _calibration(calibration, calibration_data, calibration_patches,
+                                   model_path, config, window, channels, precision)
+
+    lowered = lower_model(model, window)
+    content = convert(lowered, precision, patches)
+    ops = op_names(content)
+    bad = [name for name in ops if name in FORBIDDEN_OPS or name.startswith("Flex")]
+    if bad:  # a lowering bug, not bad input
+        raise RuntimeError(f"exported graph still holds {', '.join(bad)}")
+
+    output_mode = (config or {}).get("model", {}).get("output_mode") or _output_mode(model)
+
+    forward = keras_predict_fn(model)  # compiled once, reused for every patch
+    reference = [forward(np.asarray(p, dtype=np.float32)) for p in patches]
+    report: dict[str, Any] = {
+        "path": str(out_path),
+        "precision": precision,
+        "window": list(window),
+        "size_bytes": len(content),
+        "ops": ops,
+        "input": [1, *window, channels],
+        "calibration": {"source": source, "patches": len(patches)},
+    }
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(content)
+        runner = LiteRTModel(tmp, threads=threads)
+        report["output_channels"] = runner.out_channels
+        exported = [runner.predict_fn(p) for p in patches]
+        report["agreement"] = {"reference": "keras", "output_mode": output_mode,
+                               **agreement(reference, exported, output_mode)}
+        report["config"] = config
+        with atomic_path(report_path(out_path)) as meta:
+            meta.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A few human-readable lines of an export report."""
+    agree = report["agreement"]
+    ops = ", ".join(f"{name} x{count}" for name, count in report["ops"].items())
+    return "\n".join([
+        f"wrote {report['path']} ({report['size_bytes'] / 1e6:.2f} MB, {report['precision']}, "
+        f"window {'x'.join(map(str, report['window']))})",
+        f"ops: {ops}",
+        f"agreement with Keras on {report['calibration']['patches']} patches "
+        f"({report['calibration']['source']}): max |dp| {agree['max_abs_diff']:.2e}, "
+        f"mean |dp| {agree['mean_abs_diff']:.2e}, WT Dice {agree['dice_wt']:.4f} "
+        f"(lowest {agree['dice_wt_min']:.4f})",
+        f"report: {report['path']}.json",
+    ])

@@ -1,0 +1,190 @@
+"""End-to-end prediction of one case: files in, a NIfTI label map in the input's space out."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text
+from data_generators.io import find_case, load_case, save_segmentation
+from data_generators.labels import (
+    REGIONS,
+    classes_to_labels,
+    regions_to_classes,
+    resolve_convention,
+)
+from data_generators.preprocessing import preprocess_case, uncrop
+from unet3d.artifacts import Artifact
+from unet3d.inference.predictor import Predictor
+from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
+from unet3d.postprocessing import PostProcessing
+
+NIFTI_SUFFIX = ".nii.gz"
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Options of ``predict.py`` that shape the output.
+
+    Args:
+        labels: str, default "brats2017". Label convention of the written map.
+        tta: bool, default False. Mirroring test-time augmentation.
+        mode: str, default "auto". ``whole``, ``sliding`` or ``auto``.
+        patch_size: tuple of int or None. Sliding window; None: the model's
+            training patch size.
+        overlap: float, default 0.5.
+        postprocess: bool, default True. False: no post-processing at all.
+        et_min_voxels: int or None. Enhancing tumors below this many voxels
+            become necrosis (Isensee et al., BraTS 2018); None: the model's
+            stored plan (:mod:`unet3d.postprocessing`), else 500.
+        largest_component: bool or None. Keep only the largest connected
+            tumor component (26-connected), as nnU-Net's post-processing
+            does when it helps on validation; None: the model's stored plan,
+            else off.
+        preview: bool, default False. Write a PNG montage.
+        mesh: str or None. ``stl`` or ``obj``: a surface mesh per region.
+        threads: int, default 2. LiteRT interpreter threads.
+        overwrite: bool, default False. Replace existing outputs.
+        max_memory_gb: float, default 4.0. Above this, ``auto`` slides.
+    """
+
+    labels: str = "brats2017"
+    tta: bool = False
+    mode: str = "auto"
+    patch_size: tuple[int, int, int] | None = None
+    overlap: float = 0.5
+    postprocess: bool = True
+    et_min_voxels: int | None = None
+    largest_component: bool | None = None
+    preview: bool = False
+    mesh: str | None = None
+    overwrite: bool = False
+    max_memory_gb: float = 4.0
+    threads: int = 2
+
+
+def probabilities_to_classes(probs: np.ndarray, output_mode: str) -> np.ndarray:
+    """Model output `(X, Y, Z, K)` -> class indices (ET > TC > WT nesting for regions)."""
+    if output_mode == "regions":
+        return regions_to_classes(probs)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def resolve_plan(stored: PostProcessing | None, settings: PredictSettings
+                 ) -> tuple[PostProcessing, str]:
+    """The plan a prediction applies and where it came from (options > model > defaults)."""
+    if not settings.postprocess:
+        return PostProcessing(largest_component=False, et_min_voxels=0), "off (--no-postprocess)"
+    plan, source = (stored, "model") if stored is not None else (PostProcessing(), "default")
+    if settings.largest_component is not None or settings.et_min_voxels is not None:
+        lc = plan.largest_component if settings.largest_component is None \
+            else settings.largest_component
+        et = plan.et_min_voxels if settings.et_min_voxels is None else settings.et_min_voxels
+        plan, source = PostProcessing(largest_component=lc, et_min_voxels=et,
+                                      min_component_voxels=plan.min_component_voxels), "options"
+    return plan, source
+
+
+def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict[str, Path]:
+    """Every file written for one case, keyed by kind."""
+    paths = {"segmentation": out_dir / f"{case_id}{NIFTI_SUFFIX}",
+             "report": out_dir / f"{case_id}.json"}
+    if settings.preview:
+        paths["preview"] = out_dir / f"{case_id}_preview.png"
+    if settings.mesh:
+        for region in REGIONS:
+            paths[f"mesh_{region}"] = out_dir / f"{case_id}_{region}.{settings.mesh}"
+    return paths
+
+
+def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
+                 settings: PredictSettings) -> dict[str, Any]:
+    """Segments one case folder and writes its outputs; returns the JSON report.
+
+    Steps: find and load the modalities in the model's order, crop to the
+    brain and z-score (as in training), predict, turn regions into labels,
+    post-process, un-crop into the original grid and write the label map
+    with the T1's header and affine. Every file is written atomically.
+
+    Raises:
+        InputError: unusable input files, or outputs that exist without
+            ``overwrite``.
+    """
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    case = find_case(Path(case_dir), modalities=model.modalities, require_label=False)
+    paths = output_paths(out_dir, case.case_id, settings)
+    existing = [p for p in paths.values() if p.exists()]
+    if existing and not settings.overwrite:
+        raise InputError(f"{existing[0]}: exists; pass --overwrite to replace it")
+    image, _, properties = load_case(case)
+    try:
+        cropped, _, box = preprocess_case(image, None)
+    except ValueError as err:
+        raise InputError(f"{case.images[0]}: {err}") from None
+    # only the preview needs the raw scan; freed, it does not add to the network's peak
+    flair = model.modalities.index("flair") if "flair" in model.modalities else -1
+    preview_image = image[..., flair].copy() if settings.preview else None
+    del image
+    loaded = time.perf_counter()
+
+    patch_size = tuple(settings.patch_size or model.patch_size)
+    mode = settings.mode
+    if model.fixed_window:
+        if patch_size != tuple(model.patch_size):
+            raise InputError(f"{model.path}: takes {model.patch_size} windows only, not "
+                             f"--patch-size {patch_size}")
+        mode = "sliding"
+    predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=patch_size,
+                          overlap=settings.overlap, mode=mode, tta=settings.tta,
+                          base_filters=model.base_filters, max_memory_gb=settings.max_memory_gb)
+    mode = predictor.resolved_mode(cropped.shape)
+    probs = predictor(cropped)
+    classes = probabilities_to_classes(probs, model.output_mode)
+    plan, plan_source = resolve_plan(model.postprocessing, settings)
+    classes, changes = plan.apply(classes)
+    full = uncrop(classes, box, properties["original_shape"])
+    network = time.perf_counter()
+
+    labels = classes_to_labels(full, resolve_convention(settings.labels))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_segmentation(labels, properties, paths["segmentation"])
+    if settings.preview:
+        preview_montage(preview_image, full, paths["preview"])
+    if settings.mesh:
+        affine = np.asarray(properties["affine"])
+        from data_generators.labels import classes_to_regions
+
+        regions = classes_to_regions(full)
+        for index, region in enumerate(REGIONS):
+            verts, faces = region_mesh(regions[..., index], affine)
+            write_mesh(verts, faces, paths[f"mesh_{region}"])
+    written = time.perf_counter()
+
+    report = {
+        "case_id": case.case_id,
+        "inputs": [str(p) for p in case.images],
+        "segmentation": str(paths["segmentation"]),
+        "label_convention": resolve_convention(settings.labels),
+        "spacing_mm": properties["spacing"],
+        "volumes": region_volumes(full, properties["spacing"]),
+        **changes,
+        "postprocessing": {"largest_component": plan.largest_component,
+                           "min_component_voxels": plan.min_component_voxels,
+                           "et_min_voxels": plan.et_min_voxels, "source": plan_source},
+        "model": {"path": str(model.path), "modalities": list(model.modalities),
+                  "output_mode": model.output_mode,
+                  "precision": model.precision},
+        "settings": {**asdict(settings), "resolved_mode": mode},
+        "runtime_s": {"load_preprocess": loaded - start, "network": network - loaded,
+                      "write": written - network, "total": written - start},
+    }
+    atomic_write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+    return report

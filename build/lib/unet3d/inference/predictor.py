@@ -1,0 +1,204 @@
+"""Inference on preprocessed volumes: whole volume, or Gaussian-weighted sliding window.
+
+Plain functions do the work (as in nnU-Net): :func:`gaussian_importance_map`
+and :func:`sliding_window_steps` are cached and stand alone;
+:class:`Predictor` only holds settings. A ``predict_fn`` maps a float32 batch
+`(B, D, H, W, C)` to probabilities `(B, D, H, W, K)`, so Keras and LiteRT
+models run through the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from unet3d.memory import available_bytes, check_fits, inference_bytes
+from unet3d.models.forward import PredictFn
+
+
+@functools.lru_cache(maxsize=8)
+def gaussian_importance_map(patch_size: tuple[int, ...], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """nnU-Net's blending weights: a Gaussian centred in the patch, sigma = size / 8.
+
+    Returns float32 `(D, H, W)` scaled to a maximum of 1, with no zeros (the
+    smallest non-zero value replaces them) so every voxel gets some weight.
+    """
+    impulse = np.zeros(patch_size, dtype=np.float64)
+    impulse[tuple(s // 2 for s in patch_size)] = 1.0
+    weights = ndimage.gaussian_filter(impulse, [s * sigma_scale for s in patch_size],
+                                      mode="constant", cval=0)
+    weights /= weights.max()
+    weights[weights == 0] = weights[weights > 0].min()
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+@functools.lru_cache(maxsize=64)
+def sliding_window_steps(image_size: tuple[int, ...], patch_size: tuple[int, ...],
+                         overlap: float = 0.5) -> tuple[tuple[int, ...], ...]:
+    """Window start positions per axis, evenly spread, covering the image.
+
+    As nnU-Net: the step is at most ``patch * (1 - overlap)``, the first
+    window starts at 0 and the last ends at the image border.
+    """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap}")
+    steps = []
+    for size, patch in zip(image_size, patch_size, strict=True):
+        if size < patch:
+            raise ValueError(f"image size {size} is smaller than the patch {patch}")
+        target = patch * (1 - overlap)
+        count = int(math.ceil((size - patch) / target)) + 1 if size > patch else 1
+        span = size - patch
+        stride = span / (count - 1) if count > 1 else 0
+        steps.append(tuple(int(round(stride * i)) for i in range(count)))
+    return tuple(steps)
+
+
+def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int = 1
+           ) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Zero-pads the spatial axes of `(X, Y, Z, C)` to at least ``shape`` and a multiple.
+
+    Padding is split evenly before and after. Returns the padded array and
+    the slices that cut the original back out.
+    """
+    pads, region = [], []
+    for size, minimum in zip(image.shape[:3], shape, strict=True):
+        target = max(size, minimum)
+        target += -target % multiple
+        before = (target - size) // 2
+        pads.append((before, target - size - before))
+        region.append(slice(before, before + size))
+    pads.extend([(0, 0)] * (image.ndim - 3))
+    return np.pad(image, pads), tuple(region)
+
+
+def predict_whole(predict_fn: PredictFn, image: np.ndarray, multiple: int) -> np.ndarray:
+    """The whole `(X, Y, Z, C)` volume in one pass, padded to ``multiple``."""
+    padded, region = pad_to(image.astype(np.float32, copy=False), image.shape[:3], multiple)
+    return predict_fn(padded[None])[0][region]
+
+
+def predict_sliding(predict_fn: PredictFn, image: np.ndarray, patch_size: Sequence[int],
+                    overlap: float = 0.5, batch_size: int = 1) -> np.ndarray:
+    """Gaussian-weighted sliding-window prediction of a `(X, Y, Z, C)` volume.
+
+    Args:
+        predict_fn: batch `(B, D, H, W, C)` -> `(B, D, H, W, K)`.
+        image: float32 `(X, Y, Z, C)`.
+        patch_size: window `(D, H, W)`; images smaller than it are padded.
+        overlap: float, default 0.5. Share of a window that overlaps the next.
+        batch_size: int, default 1. Windows per call of ``predict_fn``.
+
+    Returns:
+        float32 `(X, Y, Z, K)`.
+    """
+    patch_size = tuple(int(p) for p in patch_size)
+    padded, region = pad_to(image, patch_size)
+    weights = gaussian_importance_map(patch_size)[..., None]
+    starts = list(itertools.product(*sliding_window_steps(padded.shape[:3], patch_size, overlap)))
+    total = None
+    norm = np.zeros(padded.shape[:3] + (1,), dtype=np.float32)
+    for first in range(0, len(starts), batch_size):
+        chunk = starts[first:first + batch_size]
+        windows = [tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
+                   for start in chunk]
+        batch = np.stack([padded[w] for w in windows]).astype(np.float32)
+        out = predict_fn(batch)
+        if total is None:
+            total = np.zeros(padded.shape[:3] + (out.shape[-1],), dtype=np.float32)
+        for window, probs in zip(windows, out, strict=True):
+            total[window] += probs * weights
+            norm[window] += weights
+    return (total / norm)[region]
+
+
+def mirror_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
+    """Mean of ``predict`` over the 8 combinations of flipping the three spatial axes.
+
+    Eight passes, one at a time, summed in place into one buffer: the memory
+    of about two passes (the running sum and the pass in flight).
+    """
+    result = None
+    for count in range(4):
+        for axes in itertools.combinations(range(3), count):
+            flipped = np.ascontiguousarray(np.flip(image, axes)) if axes else image
+            out = predict(flipped)
+            del flipped
+            out = np.flip(out, axes) if axes else out
+            if result is None:
+                result = np.array(out, dtype=np.float32)
+            else:
+                result += out
+            del out
+    result /= 8.0
+    return result
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Settings for turning a preprocessed volume into probabilities.
+
+    Args:
+        predict_fn: batch -> probabilities, see :func:`keras_predict_fn`.
+        stride: int. The network's ``2**(depth - 1)``.
+        patch_size: tuple of 3 int. Sliding-window size.
+        overlap: float, default 0.5.
+        mode: str, default "auto". ``whole``, ``sliding`` or ``auto`` (whole
+            volume when its estimated memory, :mod:`unet3d.memory`, fits
+            ``max_memory_gb`` and the machine).
+        tta: bool, default False. Average the 8 mirrorings.
+        base_filters: int, default 16. For the memory estimate.
+        max_memory_gb: float, default 4.0.
+        batch_size: int, default 1. Windows per network call.
+    """
+
+    predict_fn: PredictFn
+    stride: int
+    patch_size: tuple[int, int, int]
+    overlap: float = 0.5
+    mode: str = "auto"
+    tta: bool = False
+    base_filters: int = 16
+    max_memory_gb: float = 4.0
+    batch_size: int = 1
+
+    def resolved_mode(self, shape: Sequence[int]) -> str:
+        """``whole`` or ``sliding`` for a volume of ``shape``; refuses what cannot fit.
+
+        Raises:
+            InputError: the chosen way needs more memory than is available.
+        """
+
+        padded = [s + (-s % self.stride) for s in shape[:3]]
+        whole = inference_bytes(padded, self.base_filters)
+        mode = self.mode
+        if mode == "auto":
+            budget = min(self.max_memory_gb * 2**30, available_bytes())
+            mode = "whole" if whole <= budget else "sliding"
+        if mode == "whole":
+            check_fits(whole, f"--mode whole on a {'x'.join(map(str, padded))} volume",
+                       "use --mode sliding (or auto)")
+        else:
+            window = "x".join(map(str, self.patch_size))
+            check_fits(inference_bytes(self.patch_size, self.base_filters, self.batch_size),
+                       f"a {window} sliding window", "lower --patch-size")
+        return mode
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Probabilities `(X, Y, Z, K)` of a preprocessed `(X, Y, Z, C)` volume."""
+        if self.resolved_mode(image.shape) == "whole":
+            def once(img):
+                return predict_whole(self.predict_fn, img, self.stride)
+        else:
+            def once(img):
+                return predict_sliding(self.predict_fn, img, self.patch_size, self.overlap,
+                                       self.batch_size)
+        return mirror_tta(once, image) if self.tta else once(image)

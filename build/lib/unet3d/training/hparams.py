@@ -1,0 +1,104 @@
+"""A training run as a TensorBoard HParams trial: its hyper-parameters and final validation scores.
+
+Every run writes one under ``<run>/tensorboard/hparams``, so ``tensorboard
+--logdir`` over a folder of runs shows them side by side in the HParams
+dashboard's table. Written with TensorBoard's own protobufs and event
+writer, not ``tf.summary``, so it works on every Keras backend.
+
+``python -m unet3d.training.hparams RUN_DIR`` (re)writes the trial of a finished run
+from its ``config.json`` and ``validation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+HPARAMS_DIR = ("tensorboard", "hparams")
+METRICS = ("WT", "TC", "ET", "mean")
+
+
+def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The hyper-parameters of a ``TrainConfig`` dict that tell runs apart, flattened."""
+    model = config.get("model", {})
+    patch = config.get("patch_size") or []
+    return {
+        "base_filters": int(model.get("base_filters", 16)),
+        "depth": int(model.get("depth", 5)),
+        "dropout": float(model.get("dropout", 0.3)),
+        "output_mode": str(model.get("output_mode", "regions")),
+        "patch_size": "x".join(str(p) for p in patch),
+        "batch_size": int(config.get("batch_size", 2)),
+        "epochs": int(config.get("epochs", 0)),
+        "steps_per_epoch": int(config.get("steps_per_epoch", 0)),
+        "learning_rate": float(config.get("learning_rate", 0.0)),
+        "lr_decay": float(config.get("lr_decay", 1.0)),
+        "loss": str(config.get("loss", "dice")),
+        "foreground_fraction": float(config.get("foreground_fraction", 0.0)),
+        "precision": str(config.get("mixed_precision", "off")),
+        "init_from": str(config.get("init_from") or ""),
+        "train_cases": int(config.get("train_cases", 0)),
+    }
+
+
+def write_trial(run_dir: str | Path, config: dict[str, Any],
+                val_dice: dict[str, float], extra: dict[str, float] | None = None) -> Path:
+    """Writes the run's HParams trial; returns the event folder.
+
+    Args:
+        run_dir: the run directory (its name is the trial id).
+        config: dict. The run's ``TrainConfig`` as a dict.
+        val_dice: dict. Mean whole-volume validation Dice per region
+            (``WT``, ``TC``, ``ET``, ``mean``).
+        extra: dict or None. More metrics (``hd95_wt``, ``hours``, ...).
+    """
+
+    run_dir = Path(run_dir)
+    folder = run_dir.joinpath(*HPARAMS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("events.out.tfevents.*"):  # one trial per run
+        old.unlink()
+    writer = EventFileWriter(str(folder))
+    step = int(config.get("epochs", 0))
+    now = time.time()
+    summary = hparams_summary.hparams_pb(flat_hparams(config), trial_id=run_dir.name)
+    writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
+    metrics = {f"validation/dice_{k.lower()}": float(v) for k, v in val_dice.items()}
+    metrics.update({f"validation/{k}": float(v) for k, v in (extra or {}).items()})
+    for tag, value in metrics.items():
+        writer.add_event(event_pb2.Event(wall_time=now, step=step,
+                                         summary=scalar_summary.scalar_pb(tag, value)))
+    writer.close()
+    return folder
+
+
+def trial_from_run(run_dir: str | Path) -> Path:
+    """Writes the trial of a finished run from its ``config.json`` and ``validation.json``."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    split = run_dir / "split.json"
+    if split.is_file():
+        config["train_cases"] = len(json.loads(split.read_text())["train"])
+    per_case = json.loads((run_dir / "validation.json").read_text())
+    val_dice = {r: float(np.mean([c[r] for c in per_case.values()])) for r in METRICS[:3]}
+    val_dice["mean"] = float(np.mean([val_dice[r] for r in METRICS[:3]]))
+    extra = {}
+    summary = run_dir / "study.json"  # optional: scores of the full predict + evaluate pipeline
+    if summary.is_file():
+        extra = {k: float(v) for k, v in json.loads(summary.read_text()).items()
+                 if isinstance(v, int | float)}
+    return write_trial(run_dir, config, val_dice, extra)
+
+
+if __name__ == "__main__":
+    for path in sys.argv[1:]:
+        print(trial_from_run(path))

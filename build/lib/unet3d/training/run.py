@@ -1,0 +1,382 @@
+"""The training run behind ``train.py``: data, model, callbacks and outputs.
+
+A run directory holds ``config.json`` (the resolved :class:`TrainConfig`),
+``split.json`` (the seeded train/validation split), ``best.keras`` (best
+validation mean Dice), ``last.keras`` and ``state.json`` (what ``--resume``
+needs), ``log.csv`` and TensorBoard logs under ``tensorboard/``.
+
+With ``strategy`` ``mirrored`` or ``multiworker`` (see :mod:`unet3d.training.distribute`)
+the model is built and compiled inside the strategy's scope, ``batch_size``
+is the global batch, and only the chief writes the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from data_generators.augmentation import AugmentationConfig
+from data_generators.dataset import (
+    BratsPatchDataset,
+    EpochSpan,
+    ValidationPatchDataset,
+    split_cases,
+)
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text, ensure_writable_dir
+from data_generators.io import find_cases
+from data_generators.labels import REGIONS, classes_to_regions
+from data_generators.preprocessing import cache_for, default_cache_root
+from data_generators.synthetic import cached_synthetic_dataset
+from unet3d.artifacts.keras_file import load_model
+from unet3d.config import TrainConfig
+from unet3d.evaluation.scores import region_dice
+from unet3d.inference.predictor import predict_whole
+from unet3d.memory import check_fits, training_bytes
+from unet3d.models.forward import keras_predict_fn
+from unet3d.models.losses import make_loss
+from unet3d.models.metrics import region_metrics
+from unet3d.models.unet import build_unet3d
+from unet3d.precision import has_gpu, policy_scope
+from unet3d.training.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
+from unet3d.training.distribute import (
+    check_batch_size,
+    fit_context,
+    make_distribution,
+    output_dir,
+    train_dataset,
+    validation_dataset,
+    worker_cases,
+    worker_seed,
+)
+from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
+from unet3d.training.hparams import write_trial
+from unet3d.training.summaries import EpochScalars
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        run_dir: Path of the run directory.
+        val_dice: dict region -> Dice of ``best.keras`` on the whole
+            validation volumes, averaged over cases (``WT``, ``TC``, ``ET``,
+            ``mean``); per case in ``validation.json``.
+        history: dict metric -> list of per-epoch values (this session).
+        best_epoch: int or None. 1-based epoch of ``best.keras``.
+        seconds: float. Wall time of the run.
+        model: keras.Model or None. The trained model (last epoch's weights).
+        is_chief: bool. False on the workers of a multi-worker run that do
+            not write ``run_dir``; their ``val_dice`` is empty.
+    """
+
+    run_dir: Path
+    val_dice: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int | None = None
+    seconds: float = 0.0
+    model: Any = field(default=None, repr=False, compare=False)
+    is_chief: bool = True
+
+
+@contextlib.contextmanager
+def precision_policy(mode: str):
+    """Sets Keras' global dtype policy for ``mixed_precision`` ``mode`` during a run."""
+
+    with policy_scope({"off": "fp32"}.get(mode, mode)):
+        yield
+
+
+def _check_precision(mode: str) -> None:
+    if mode != "fp16":
+        return
+
+    if not has_gpu():
+        raise InputError("--mixed-precision fp16 needs a GPU; on a CPU use bf16 or off")
+
+
+def resolve_data(config: TrainConfig, cache_root: Path, log=print) -> Path:
+    """The BraTS folder to train on; writes the synthetic dataset when ``data`` is None."""
+    if config.data is not None:
+        return Path(config.data)
+    return cached_synthetic_dataset(cache_root, config.synthetic_cases, config.synthetic_shape,
+                                    config.seed, log=log)
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
+    """Creates the run directory; refuses to overwrite an earlier run unless resuming."""
+    run_dir = Path(config.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"--out {run_dir}: exists and is not a directory")
+    if resume:
+        if not (run_dir / "last.keras").is_file():
+            raise InputError(f"--resume: {run_dir} holds no last.keras to resume from")
+        return run_dir
+    if (run_dir / "last.keras").exists() or (run_dir / "config.json").exists():
+        raise InputError(
+            f"--out {run_dir}: holds an earlier run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    return ensure_writable_dir(run_dir, "--out")
+
+
+def load_resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
+    """The config saved in ``run_dir``, optionally with more epochs."""
+    values = json.loads((run_dir / "config.json").read_text())
+    config = TrainConfig.from_dict(values, source=str(run_dir / "config.json"))
+    return config.replace(epochs=epochs) if epochs else config
+
+
+def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
+    """Trains the 3D U-Net as ``config`` says and returns the validation Dice.
+
+    Args:
+        config: TrainConfig. The whole run.
+        resume: bool, default False. Continue the run in ``config.out`` from
+            its last completed epoch (optimizer state, learning-rate schedule
+            position, epoch counter and TensorBoard step).
+        log: callable, default print. Where progress lines go.
+
+    Raises:
+        InputError: for unusable data, options or output folder.
+    """
+
+    start = time.time()
+    # multi-worker collectives must be set up before TensorFlow runs any op
+    dist = make_distribution(config.strategy)
+    check_batch_size(config.batch_size, dist)
+    _check_precision(config.mixed_precision)
+    if config.data is not None:  # a wrong path is named before the memory estimate
+        from data_generators.io import check_data_folder
+
+        check_data_folder(config.data)
+
+    patch = "x".join(map(str, config.patch_size))
+    check_fits(training_bytes(config.patch_size, config.batch_size, config.model.base_filters),
+               f"training with --patch-size {patch}, --batch-size {config.batch_size} and "
+               f"--base-filters {config.model.base_filters}",
+               "lower --patch-size or --batch-size")
+    init_source = None
+    if config.init_from and not resume:
+        from unet3d.training.finetune import load_source
+
+        init_source = load_source(config)
+    if dist.is_chief:
+        run_dir = prepare_run_dir(config, resume)
+    else:  # the chief owns --out; this worker only reads it (when resuming)
+        run_dir = Path(config.out)
+        if resume and not (run_dir / "last.keras").is_file():
+            raise InputError(f"--resume: {run_dir} holds no last.keras to resume from "
+                             "(every worker must see the chief's run directory)")
+    if dist.distributed or dist.devices:
+        log(dist.describe())
+
+
+    cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
+    data_dir = resolve_data(config, cache_root, log=log)
+    cases = find_cases(data_dir, modalities=config.modalities, require_label=True)
+    by_id = {case.case_id: case for case in cases}
+    if resume and (run_dir / "split.json").is_file():
+        split = json.loads((run_dir / "split.json").read_text())
+        train_ids, val_ids = split["train"], split["validation"]
+    elif config.validation_cases is not None:
+        unknown = sorted(set(config.validation_cases) - set(by_id))
+        if unknown:
+            raise InputError(f"validation_cases: {', '.join(unknown)} not found in {data_dir}")
+        val_ids = sorted(config.validation_cases)
+        train_ids = sorted(set(by_id) - set(val_ids))
+        if not train_ids:
+            raise InputError(f"validation_cases: every case of {data_dir} is held out")
+        if not val_ids and dist.distributed:
+            raise InputError("validation_cases: [] (no validation) runs on one process only")
+    else:
+        train_ids, val_ids = split_cases(list(by_id), config.val_fraction, config.seed,
+                                         config.folds, config.fold)
+    missing = sorted(set(train_ids + val_ids) - set(by_id))
+    if missing:
+        raise InputError(f"{data_dir}: cases of the saved split are missing: {', '.join(missing)}")
+
+    cache = cache_for(data_dir, cache_root)
+    log(f"preprocessing {len(cases)} cases (cached in {cache.root})")
+    train_cases = [cache.get(by_id[i], config.label_convention) for i in train_ids]
+    val_cases = [cache.get(by_id[i], config.label_convention) for i in val_ids]
+
+    if not resume and dist.is_chief:
+        config.save(run_dir / "config.json")
+        split = {"seed": config.seed, "folds": config.folds, "fold": config.fold,
+                 "val_fraction": config.val_fraction, "train": train_ids,
+                 "validation": val_ids}
+        atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2) + "\n")
+
+    with precision_policy(config.mixed_precision):
+        return _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
+                    init_source)
+
+
+def truncate_log(path: Path, epochs: int) -> None:
+    """Keeps the header and the first ``epochs`` rows of a CSV log (atomically).
+
+    A run killed after logging an epoch but before checkpointing it repeats
+    that epoch on ``--resume``; its first row must not stay twice.
+    """
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    atomic_write_text(path, "".join(lines[:1 + epochs]))
+
+
+def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
+    """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
+
+    scores = {}
+    predict_fn = keras_predict_fn(model)
+    for case in cases:
+        probs = predict_whole(predict_fn, np.asarray(case.image), stride)
+        if output_mode == "regions":
+            pred = probs > 0.5
+        else:
+            pred = classes_to_regions(np.argmax(probs, axis=-1)).astype(bool)
+        truth = classes_to_regions(np.asarray(case.label)).astype(bool)
+        scores[case.case_id] = dict(zip(REGIONS, region_dice(pred, truth), strict=True))
+    return scores
+
+
+def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
+         init_source=None) -> TrainResult:
+
+    with output_dir(run_dir, dist) as write_dir:
+        return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
+                       log, dist, init_source)
+
+
+def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, log,
+            dist, init_source=None) -> TrainResult:
+    """Trains; checkpoints and logs go to ``write_dir`` (``run_dir`` on the chief).
+
+    ``init_source`` is the pretrained model of ``--init-from``, already loaded
+    and checked by :func:`unet3d.training.finetune.load_source`.
+    """
+
+
+    keras.utils.set_random_seed(config.seed)
+    mode = config.model.output_mode
+    # each worker samples its own share of the cases, batch_size / num_workers at a time
+    train_data = BratsPatchDataset(
+        worker_cases(train_cases, dist), patch_size=config.patch_size,
+        batch_size=config.batch_size // dist.num_workers,
+        steps_per_epoch=config.steps_per_epoch, output_mode=mode,
+        foreground_fraction=config.foreground_fraction,
+        augmentation=AugmentationConfig() if config.augment else None,
+        seed=worker_seed(config.seed, dist),
+    )  # the loader options go to the dataset fit consumes (EpochSpan / train_dataset)
+    val_data = ValidationPatchDataset(
+        val_cases, patch_size=config.patch_size, batch_size=config.batch_size,
+        patches_per_case=config.val_patches_per_case, output_mode=mode, seed=config.seed,
+    ) if val_cases else None  # none: training on every case, best = last epoch
+
+    state = read_state(run_dir) if resume else {}
+    initial_epoch = int(state.get("epoch", 0))
+    if resume and dist.is_chief:
+        truncate_log(run_dir / "log.csv", initial_epoch)
+    with dist.scope():  # variables are mirrored over the replicas
+        if resume:
+            model = load_model(run_dir / "last.keras", compile=True)
+            log(f"resuming {run_dir} after epoch {initial_epoch}")
+        else:
+            model = build_unet3d(config.model)
+            model.compile(
+                optimizer=keras.optimizers.Adam(config.learning_rate),
+                loss=make_loss(config.loss, mode),
+                metrics=region_metrics(mode),
+            )
+            if init_source is not None:
+                init_from(model, init_source, config.init_from, log=log)
+        if config.freeze_encoder_epochs:  # the encoder's variables join at the switch
+            build_optimizer_for_all(model)
+    log(f"model {model.name}: {model.count_params():,} parameters, "
+        f"{len(train_cases)} training / {len(val_cases)} validation cases")
+
+    lr0, decay = config.learning_rate, config.lr_decay
+    tensorboard_dir = write_dir / "tensorboard"
+    checkpoint = RunCheckpoint(write_dir, best_score=state.get("best_score") or float("-inf"),
+                               config=config.to_dict(),
+                               monitor="val_dice_mean" if val_data else None)
+    checkpoint.best_epoch = state.get("best_epoch")
+    callbacks = [
+        EpochSeeds(config.seed),  # dropout masks depend on (seed, epoch): exact resume
+        keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
+        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=resume),
+        EpochScalars(tensorboard_dir),  # keras.callbacks.TensorBoard needs TensorFlow
+        checkpoint,
+    ]
+    if val_data is not None:
+        callbacks.insert(-1, ValidationImage(tensorboard_dir, val_data.patch(0),
+                                             output_mode=mode))
+    if config.freeze_encoder_epochs:  # before the checkpoint, which saves at epoch end
+        callbacks.insert(0, FreezeEncoder(config.freeze_encoder_epochs))
+    verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
+    history = {}
+    if initial_epoch < config.epochs:
+        if dist.distributed:  # sharded per worker, split per replica (unet3d.training.distribute)
+            val_set, val_steps = validation_dataset(val_data, dist)
+            fit_data = dict(
+                x=train_dataset(train_data, dist, initial_epoch, config.epochs,
+                                workers=config.workers),
+                steps_per_epoch=config.steps_per_epoch,
+                validation_data=val_set, validation_steps=val_steps)
+        else:
+            # one iterator across epochs over batches that are pure functions of
+            # (seed, epoch, index): identical whatever the prefetching, and on resume
+            span = EpochSpan(train_data, initial_epoch, config.epochs, workers=config.workers,
+                             use_multiprocessing=config.use_multiprocessing,
+                             max_queue_size=config.max_queue_size)
+            fit_data = dict(x=span, steps_per_epoch=config.steps_per_epoch,
+                            validation_data=val_data, shuffle=False)
+        try:
+            with fit_context(model, dist, (val_data or train_data)[0]):
+                fitted = model.fit(**fit_data, epochs=config.epochs,
+                                   initial_epoch=initial_epoch, callbacks=callbacks,
+                                   verbose=verbose)
+        finally:
+            if isinstance(fit_data["x"], EpochSpan):
+                fit_data["x"].close()
+        history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
+
+    if not dist.is_chief:  # the chief evaluates and reports
+        return TrainResult(run_dir=run_dir, history=history, best_epoch=checkpoint.best_epoch,
+                           seconds=time.time() - start, model=model, is_chief=False)
+    val_dice = {}
+    if val_cases:
+        best = load_model(run_dir / "best.keras")
+        per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
+        atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
+        val_dice = {region: float(np.mean([c[region] for c in per_case.values()]))
+                    for region in REGIONS}
+        val_dice["mean"] = float(np.mean([val_dice[r] for r in REGIONS]))
+    result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
+                         best_epoch=checkpoint.best_epoch, seconds=time.time() - start,
+                         model=model)
+    if val_cases:
+        log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
+            "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
+                len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"],
+                val_dice["ET"], val_dice["mean"]))
+    else:
+        log(f"trained on all {len(train_cases)} cases, no validation: best.keras is the "
+            "last epoch's model")
+
+    write_trial(run_dir, {**config.to_dict(), "train_cases": len(train_cases)}, val_dice,
+                {"hours": result.seconds / 3600})
+    log(f"TensorBoard logs: {tensorboard_dir}  (tensorboard --logdir {run_dir}; runs side "
+        "by side: --logdir on their parent folder, HParams tab)")
+    log(f"finished in {result.seconds / 60:.1f} min")
+    return result
