@@ -37,9 +37,16 @@ def rows(run):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
-    reference = start(tmp_path, tmp_path / "reference")
-    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run's log rows."""
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = start(tmp, tmp / "reference")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    return rows(tmp / "reference")
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
 
     run = tmp_path / "killed"
     proc = start(tmp_path, run)
@@ -65,7 +72,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     resumed = start(tmp_path, run, "--resume")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
-    got, want = rows(run), rows(tmp_path / "reference")
+    got, want = rows(run), reference
     assert [r["epoch"] for r in got] == ["0", "1", "2"]
     for key in ("loss", "val_loss", "dice_wt", "val_dice_mean", "learning_rate"):
         np.testing.assert_allclose([float(r[key]) for r in got], [float(r[key]) for r in want],
@@ -79,3 +86,44 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     acc.Reload()
     steps = sorted({e.step for e in acc.Tensors("epoch_loss")})
     assert steps == [0, 1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_after_the_step_and_resume_matches(signum, reference, tmp_path):
+    """A preemption (SIGTERM) or Ctrl-C (SIGINT) mid-epoch: the step finishes, the last
+    complete epoch stays checkpointed, one line says how to resume, exit 128 + signal."""
+
+    run = tmp_path / "stopped"
+    proc = start(tmp_path, run)
+    state = run / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before the signal"
+    sent = time.time()
+    os.kill(proc.pid, signum)
+    proc.wait(timeout=120)
+    waited = time.time() - sent
+    err = proc.stderr.read()
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if line.startswith("train.py:")]
+    assert len(message) == 1 and f"--out {run} --resume" in message[0], err[-2000:]
+    done = json.loads(state.read_text())["epoch"]
+    assert f"holds epoch {done}" in message[0]
+    assert waited < 60, waited  # one step and the shutdown, not the rest of the run
+    from unet3d.artifacts.keras_file import load_model
+
+    assert load_model(run / "last.keras", compile=True).optimizer.iterations.numpy() == \
+        done * CONFIG["steps_per_epoch"]
+
+    resumed = start(tmp_path, run, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    got, want = rows(run), reference
+    assert [r["epoch"] for r in got] == ["0", "1", "2"]
+    for key in ("loss", "val_loss", "dice_wt", "val_dice_mean", "learning_rate"):
+        np.testing.assert_allclose([float(r[key]) for r in got], [float(r[key]) for r in want],
+                                   rtol=1e-5, err_msg=key)

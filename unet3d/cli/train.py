@@ -21,6 +21,7 @@ from data_generators.errors import InputError
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.config import TrainConfig, load_config_file
 from unet3d.env import prepare_backend
+from unet3d.training.callbacks import Preempted
 from unet3d.training.finetune import source_path
 
 # CLI option -> TrainConfig (or ModelConfig) field
@@ -148,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except Preempted as stop:
+        print(f"train.py: {stop} during epoch {stop.epochs_done + 1}; {config.out}/last.keras "
+              f"holds epoch {stop.epochs_done}; continue with: python train.py --out "
+              f"{config.out} --resume", file=sys.stderr)
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # before training started
         print("train.py: interrupted; continue with --resume", file=sys.stderr)
         return 130
     return 0

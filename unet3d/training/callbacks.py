@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 from pathlib import Path
 
 import keras
@@ -143,3 +145,61 @@ class EpochSeeds(keras.callbacks.Callback):
             draw = np.random.default_rng([self.seed, int(epoch), index]).integers(
                 1, 2**31 - 1, size=tuple(state.shape))
             state.assign(keras.ops.cast(draw, state.dtype))
+
+
+class Preempted(Exception):
+    """Training stopped on a signal; ``epochs_done`` complete epochs are checkpointed."""
+
+    def __init__(self, signum: int, epochs_done: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.epochs_done = epochs_done
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """SIGTERM or SIGINT (a cluster's preemption, Ctrl-C): stop after the current step.
+
+    The handlers only note the signal; the step in flight finishes, then
+    :class:`Preempted` is raised from the batch end, before the partial
+    epoch's validation and checkpoint, so ``last.keras`` and ``state.json``
+    stay those of the last complete epoch (written atomically by
+    :class:`RunCheckpoint`) and ``--resume`` repeats the partial epoch
+    exactly: the resumed curve equals an uninterrupted one. A signal during
+    an epoch's end stops right after its checkpoint. Use it as a context
+    manager around ``fit`` (it installs and restores the handlers); put it
+    after :class:`RunCheckpoint` in the callback list.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        super().__init__()
+        self.received: int | None = None
+        self.epoch = 0
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+        return False
+
+    def _note(self, signum, frame):
+        self.received = signum
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.received is not None:
+            raise Preempted(self.received, self.epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.received is not None:
+            raise Preempted(self.received, epoch + 1)

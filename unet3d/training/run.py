@@ -46,7 +46,13 @@ from unet3d.models.losses import make_loss
 from unet3d.models.metrics import region_metrics
 from unet3d.models.unet import build_unet3d
 from unet3d.precision import has_gpu, policy_scope
-from unet3d.training.callbacks import EpochSeeds, RunCheckpoint, ValidationImage, read_state
+from unet3d.training.callbacks import (
+    EpochSeeds,
+    RunCheckpoint,
+    StopOnSignal,
+    ValidationImage,
+    read_state,
+)
 from unet3d.training.distribute import (
     check_batch_size,
     fit_context,
@@ -342,9 +348,9 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
             fit_data = dict(x=span, steps_per_epoch=config.steps_per_epoch,
                             validation_data=val_data, shuffle=False)
         try:
-            with fit_context(model, dist, (val_data or train_data)[0]):
+            with StopOnSignal() as stop, fit_context(model, dist, (val_data or train_data)[0]):
                 fitted = model.fit(**fit_data, epochs=config.epochs,
-                                   initial_epoch=initial_epoch, callbacks=callbacks,
+                                   initial_epoch=initial_epoch, callbacks=[*callbacks, stop],
                                    verbose=verbose)
         finally:
             if isinstance(fit_data["x"], EpochSpan):
