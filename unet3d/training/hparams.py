@@ -82,15 +82,17 @@ def write_trial(run_dir: str | Path, config: dict[str, Any],
 
 
 def trial_from_run(run_dir: str | Path) -> Path:
-    """Writes the trial of a finished run from its ``config.json`` and ``validation.json``."""
+    """Writes the trial of a finished run from ``config.json`` and ``validation.json`` (if any)."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     split = run_dir / "split.json"
     if split.is_file():
         config["train_cases"] = len(json.loads(split.read_text())["train"])
-    per_case = json.loads((run_dir / "validation.json").read_text())
-    val_dice = {r: float(np.mean([c[r] for c in per_case.values()])) for r in METRICS[:3]}
-    val_dice["mean"] = float(np.mean([val_dice[r] for r in METRICS[:3]]))
+    val_dice = {}  # none when the run trained on every case
+    if (run_dir / "validation.json").is_file():
+        per_case = json.loads((run_dir / "validation.json").read_text())
+        val_dice = {r: float(np.mean([c[r] for c in per_case.values()])) for r in METRICS[:3]}
+        val_dice["mean"] = float(np.mean([val_dice[r] for r in METRICS[:3]]))
     extra = {}
     summary = run_dir / "study.json"  # optional: scores of the full predict + evaluate pipeline
     if summary.is_file():
