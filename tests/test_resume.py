@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from unet3d.artifacts.keras_file import load_model
 
 CONFIG = {
     "model": {"base_filters": 4, "depth": 3, "dropout": 0.3},
@@ -37,6 +38,20 @@ def rows(run):
 
 
 @pytest.mark.slow
+def resume_and_compare(run, done, reference, tmp_path):
+    """The checkpoint holds ``done`` complete epochs; ``--resume`` then gives the
+    uninterrupted run's log, row for row."""
+    assert load_model(run / "last.keras", compile=True).optimizer.iterations.numpy() == \
+        done * CONFIG["steps_per_epoch"]
+    resumed = start(tmp_path, run, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    got = rows(run)
+    assert [r["epoch"] for r in got] == ["0", "1", "2"]
+    for key in ("loss", "val_loss", "dice_wt", "val_dice_mean", "learning_rate"):
+        np.testing.assert_allclose([float(r[key]) for r in got],
+                                   [float(r[key]) for r in reference], rtol=1e-5, err_msg=key)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The uninterrupted run's log rows."""
@@ -65,18 +80,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     # a kill at any moment leaves complete files: the checkpoint loads, the state parses
     done = json.loads(state.read_text())["epoch"]
     assert done in (1, 2)
-    from unet3d.artifacts.keras_file import load_model
-
-    assert load_model(run / "last.keras", compile=True).optimizer.iterations.numpy() == \
-        done * CONFIG["steps_per_epoch"]
-
-    resumed = start(tmp_path, run, "--resume")
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
-    got, want = rows(run), reference
-    assert [r["epoch"] for r in got] == ["0", "1", "2"]
-    for key in ("loss", "val_loss", "dice_wt", "val_dice_mean", "learning_rate"):
-        np.testing.assert_allclose([float(r[key]) for r in got], [float(r[key]) for r in want],
-                                   rtol=1e-5, err_msg=key)
+    resume_and_compare(run, done, reference, tmp_path)
     assert json.loads(state.read_text())["epoch"] == 3
 
     # TensorBoard: one scalar per epoch, steps 0..2, continuing after the resume
@@ -115,15 +119,4 @@ def test_signal_stops_after_the_step_and_resume_matches(signum, reference, tmp_p
     done = json.loads(state.read_text())["epoch"]
     assert f"holds epoch {done}" in message[0]
     assert waited < 60, waited  # one step and the shutdown, not the rest of the run
-    from unet3d.artifacts.keras_file import load_model
-
-    assert load_model(run / "last.keras", compile=True).optimizer.iterations.numpy() == \
-        done * CONFIG["steps_per_epoch"]
-
-    resumed = start(tmp_path, run, "--resume")
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
-    got, want = rows(run), reference
-    assert [r["epoch"] for r in got] == ["0", "1", "2"]
-    for key in ("loss", "val_loss", "dice_wt", "val_dice_mean", "learning_rate"):
-        np.testing.assert_allclose([float(r[key]) for r in got], [float(r[key]) for r in want],
-                                   rtol=1e-5, err_msg=key)
+    resume_and_compare(run, done, reference, tmp_path)
