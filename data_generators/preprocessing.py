@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,13 +169,25 @@ def _fingerprint(case: CaseFiles, label_convention: str) -> dict[str, Any]:
     }
 
 
+def file_digest(path: Path, chunk: int = 1 << 24) -> dict[str, int]:
+    """``{"bytes": size, "crc32": checksum}`` of a file, read in chunks."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return {"bytes": path.stat().st_size, "crc32": crc}
+
+
 class PreprocessedCache:
     """Preprocessed cases stored as ``root/<case_id>/{image,label,foreground}.npy``.
 
     A case is rebuilt when its ``properties.json`` fingerprint (source paths,
     sizes, mtimes, label convention, ``PREPROCESSING_VERSION``) no longer
     matches. Each case folder is written into a temporary folder and renamed
-    into place, so an interrupted build never leaves a partial case.
+    into place, so an interrupted build never leaves a partial case. The size
+    and CRC-32 of every array file are recorded beside it and checked when the
+    case is opened: a truncated or corrupted file (a crash, a full disk, a bad
+    copy) is rebuilt from the sources, never read.
 
     Args:
         root: cache folder (created when needed).
@@ -221,6 +234,12 @@ class PreprocessedCache:
             properties = json.loads((folder / "properties.json").read_text())
             if properties.get("fingerprint") != fingerprint:
                 return None
+            for name, recorded in properties["files"].items():
+                if file_digest(folder / name) != recorded:
+                    if self.log is not None:
+                        self.log(f"{folder / name}: size or checksum differs from the one "
+                                 "recorded; rebuilding the case")
+                    return None
             image = np.load(folder / "image.npy", mmap_mode="r")
             label = None
             if fingerprint["has_label"]:
@@ -252,6 +271,8 @@ class PreprocessedCache:
             if label is not None:
                 np.save(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.uint8))
             np.save(tmp / "foreground.npy", foreground_coords(label))
+            properties["files"] = {path.name: file_digest(path)
+                                   for path in sorted(tmp.glob("*.npy"))}
             (tmp / "properties.json").write_text(json.dumps(properties, indent=1) + "\n")
             _replace_dir(tmp, self.case_dir(case.case_id))
         finally:

@@ -164,6 +164,33 @@ def test_cache_reuse_and_rebuild(tmp_path, make_case):
     assert sorted(p.name for p in root.iterdir()) == [source.case_id]  # no temp folders
 
 
+@pytest.mark.parametrize("damage", ["flip", "truncate", "label"])
+def test_corrupt_cache_file_is_rebuilt_not_read(damage, tmp_path, make_case):
+    """A cache file of the recorded name but other bytes (same size) or cut short."""
+    folder = make_case(shape=(12, 12, 12))
+    seg = np.zeros((12, 12, 12), np.int16)
+    seg[3:6, 3:6, 3:6] = 2
+    save_nifti(folder / "Case_001_seg.nii.gz", seg)
+    source = find_case(folder)
+    root = tmp_path / "cache"
+    built = PreprocessedCache(root).get(source)
+    image, label = np.array(built.image), np.array(built.label)
+    target = root / source.case_id / ("label.npy" if damage == "label" else "image.npy")
+    data = bytearray(target.read_bytes())
+    if damage == "truncate":
+        del data[len(data) // 2:]
+    else:  # the same size, a few bytes changed: np.load alone would not notice
+        data[-8:] = bytes(255 - b for b in data[-8:])
+    target.write_bytes(bytes(data))
+    messages = []
+    cache = PreprocessedCache(root, log=messages.append)
+    again = cache.get(source)
+    assert cache.builds == 1
+    assert any("checksum" in m for m in messages), messages
+    np.testing.assert_array_equal(np.asarray(again.image), image)
+    np.testing.assert_array_equal(np.asarray(again.label), label)
+
+
 def test_cache_case_without_label(tmp_path, make_case):
     source = find_case(make_case(shape=(10, 10, 10), with_label=False))
     case = PreprocessedCache(tmp_path / "cache").get(source)
