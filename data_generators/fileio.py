@@ -3,13 +3,47 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from data_generators.errors import InputError
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | Path, what: str) -> Iterator[Path]:
+    """Holds ``<folder>/.lock`` (``flock``) so that one process at a time writes ``folder``.
+
+    The file names its holder (process id and host). The kernel drops the
+    lock when its process dies, however it dies, so a lock left by a killed
+    process is simply taken over. A second process is refused at once.
+
+    Raises:
+        InputError: another process holds it; the message names the holder.
+    """
+    path = Path(folder) / ".lock"
+    handle = open(path, "a+")  # held until the block ends
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"{what} {folder}: in use by {holder} (lock file {path}); wait for "
+                         "it to finish or choose another folder") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()  # releases the lock
 
 
 @contextlib.contextmanager

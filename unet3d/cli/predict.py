@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from data_generators.errors import InputError
-from data_generators.fileio import ensure_writable_dir
+from data_generators.fileio import ensure_writable_dir, exclusive_lock
 from data_generators.labels import resolve_convention
 from unet3d.artifacts import load_artifact
 from unet3d.env import prepare_backend
@@ -107,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
     if args.patch_size and len(args.patch_size) not in (1, 3):
         raise InputError("--patch-size takes one or three sizes")
     ensure_writable_dir(out, "--out")
+    with exclusive_lock(out, "--out"):  # one process at a time writes an output folder
+        return _segment(args, settings, source, out)
+
+
+def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int:
     shipped = args.model is None
     if shipped:
         from unet3d.artifacts.shipped import shipped_path

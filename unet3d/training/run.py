@@ -31,7 +31,7 @@ from data_generators.dataset import (
     split_cases,
 )
 from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text, ensure_writable_dir
+from data_generators.fileio import atomic_write_text, ensure_writable_dir, exclusive_lock
 from data_generators.io import find_cases
 from data_generators.labels import REGIONS, classes_to_regions
 from data_generators.preprocessing import cache_for, default_cache_root
@@ -183,6 +183,13 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
         if resume and not (run_dir / "last.keras").is_file():
             raise InputError(f"--resume: {run_dir} holds no last.keras to resume from "
                              "(every worker must see the chief's run directory)")
+    lock = exclusive_lock(run_dir, "--out") if dist.is_chief else contextlib.nullcontext()
+    with lock:  # one process at a time writes a run directory
+        return _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source)
+
+
+def _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source) -> TrainResult:
+    """The split, the cache and the fit of :func:`train`, under the run's lock."""
     if dist.distributed or dist.devices:
         log(dist.describe())
 
