@@ -83,3 +83,22 @@ def test_train_reload_and_predict_under(backend, three_cases, tensorflow_labels,
     assert labels.shape == tensorflow_labels.shape
     assert (labels > 0).sum() > 10_000  # a tumor, not an empty map
     assert np.mean(labels == tensorflow_labels) >= 0.999
+
+
+def test_jax_data_parallel_through_keras_distribution(tmp_path):
+    """--strategy mirrored on JAX: keras.distribution.DataParallel over the devices (two
+    CPU devices here, as XLA can split a host), one batch spread over both."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**CONFIG, "synthetic_cases": 4,
+                                  "synthetic_shape": [48, 48, 40], "validation_cases": None,
+                                  "val_fraction": 0.3, "batch_size": 2,
+                                  "val_patches_per_case": 2}))
+    env = {**os.environ, "KERAS_BACKEND": "jax",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = subprocess.run([str(SCRIPTS / "unet3d-train"), "--config", str(config),
+                           "--strategy", "mirrored", "--out", str(tmp_path / "run"),
+                           "--cache-dir", str(tmp_path / "cache")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "keras.distribution.DataParallel over cpu:0, cpu:1" in done.stdout
+    assert (tmp_path / "run" / "best.keras").is_file()

@@ -295,6 +295,11 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         val_cases, patch_size=config.patch_size, batch_size=config.batch_size,
         patches_per_case=config.val_patches_per_case, output_mode=mode, seed=config.seed,
     ) if val_cases else None  # none: training on every case, best = last epoch
+    if val_data is not None and dist.devices and len(val_data.centres) % len(dist.devices):
+        raise InputError(
+            f"--strategy mirrored on JAX splits every batch over {len(dist.devices)} devices: "
+            f"the {len(val_data.centres)} validation patches (val_patches_per_case x "
+            f"{len(val_cases)} cases) must be a multiple of {len(dist.devices)}")
 
     state = read_state(run_dir) if resume else {}
     initial_epoch = int(state.get("epoch", 0))
