@@ -18,7 +18,7 @@ from pathlib import Path
 from data_generators.errors import InputError
 from data_generators.fileio import ensure_writable_dir, exclusive_lock
 from data_generators.labels import resolve_convention
-from unet3d.artifacts import load_artifact
+from unet3d.artifacts import DEFAULT_NAME, load_artifact
 from unet3d.env import prepare_backend
 from unet3d.inference.pipeline import PredictSettings, output_paths, predict_case, resolve_plan
 from unet3d.precision import resolve_precision
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model",
                         help="a .keras model (its run's config inside or config.json beside "
                              "it) or an exported LiteRT .tflite (its .tflite.json beside it); "
-                             "default: the shipped models/brats_unet3d_b8_128.keras")
+                             f"default: the shipped models/{DEFAULT_NAME}.keras")
     parser.add_argument("--input", required=True,
                         help="a case folder (four modalities) or a folder of case folders")
     parser.add_argument("--out", required=True, help="output folder")

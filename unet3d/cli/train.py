@@ -19,6 +19,7 @@ import sys
 
 from data_generators.errors import InputError
 from unet3d.artifacts.keras_file import read_model_config
+from unet3d.artifacts.shipped import DEFAULT_NAME
 from unet3d.config import TrainConfig, load_config_file
 from unet3d.env import prepare_backend
 from unet3d.training.callbacks import Preempted
@@ -79,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "CPU devices); multiworker: the workers of $TF_CONFIG")
     parser.add_argument("--init-from", metavar="MODEL.keras",
                         help="fine-tune: start from this model's weights (e.g. the shipped "
-                             "models/brats_unet3d_b8_128.keras); its architecture, patch size and "
-                             "modalities are the defaults")
+                             f"models/{DEFAULT_NAME}.keras); its architecture, patch size "
+                             "and modalities are the defaults")
     parser.add_argument("--freeze-encoder-epochs", type=int, metavar="N",
                         help="with --init-from: train only the decoder for the first N epochs")
     parser.add_argument("--resume", action="store_true",
