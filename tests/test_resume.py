@@ -37,7 +37,6 @@ def rows(run):
     return list(csv.DictReader((run / "log.csv").open()))
 
 
-@pytest.mark.slow
 def resume_and_compare(run, done, reference, tmp_path):
     """The checkpoint holds ``done`` complete epochs; ``--resume`` then gives the
     uninterrupted run's log, row for row."""
@@ -61,6 +60,7 @@ def reference(tmp_path_factory):
     return rows(tmp / "reference")
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
 
     run = tmp_path / "killed"
