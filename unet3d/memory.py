@@ -4,7 +4,7 @@ The factors are measured on this project's network (TensorFlow 2.21, CPU,
 fp32) and count float32 feature maps of ``base_filters`` channels per voxel
 alive at the peak: a training step of the default network (base 16) at
 128^3, batch 2, peaked at ~19 GB; a compiled whole-volume forward pass
-(:func:`unet3d.inference.predictor.keras_predict_fn`) of a 144x176x144 case at 2.35 GB
+(:func:`unet3d.models.forward.keras_predict_fn`) of a 144x176x144 case at 2.35 GB
 with 0.84 GB of it before the call (6.5 maps per voxel; an eager call took
 7.9 GB, 34 maps).
 """

@@ -49,7 +49,7 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
     beside it); an exported ``.tflite`` keeps it in ``<file>.json`` beside.
     A ``.keras`` model is rebuilt in ``precision`` whatever it was trained in
     (the weights are float32 either way) and runs compiled
-    (:func:`unet3d.inference.predictor.keras_predict_fn`).
+    (:func:`unet3d.models.forward.keras_predict_fn`).
 
     Args:
         path: str or Path of the model.

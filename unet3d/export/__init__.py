@@ -11,11 +11,7 @@
 * :class:`unet3d.artifacts.litert_file.LiteRTModel` runs the file as a ``predict_fn``.
 """
 
-from unet3d.env import import_tensorflow_quietly
-
-import_tensorflow_quietly()  # before the modules below load TensorFlow
-
-from unet3d.export.convert import (  # noqa: E402
+from unet3d.export.convert import (
     FORBIDDEN_OPS,
     PRECISIONS,
     agreement,
@@ -25,7 +21,7 @@ from unet3d.export.convert import (  # noqa: E402
     format_report,
     model_stride,
 )
-from unet3d.export.lowering import (  # noqa: E402
+from unet3d.export.lowering import (
     conv3d_as_conv2d,
     depth_taps,
     instance_norm,
