@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
-
     model = load_artifact(args.model, precision=resolve_precision(args.precision))
     predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
                           base_filters=model.base_filters)

@@ -73,7 +73,6 @@ def is_case_folder(path: Path) -> bool:
 
 
 def settings_from_args(args: argparse.Namespace):
-
     try:
         resolve_convention(args.labels)
     except ValueError as err:
@@ -96,7 +95,6 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-
     settings = settings_from_args(args)
     source = Path(args.input)
     if not source.exists():

@@ -114,7 +114,6 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def inherited_values(model_path: str) -> dict:
     """Architecture, patch size and modalities of a pretrained ``.keras`` model."""
-
     embedded = read_model_config(source_path(model_path)) or {}
     return {key: embedded[key] for key in INHERITED if key in embedded}
 

@@ -97,7 +97,6 @@ class TrainResult:
 @contextlib.contextmanager
 def precision_policy(mode: str):
     """Sets Keras' global dtype policy for ``mixed_precision`` ``mode`` during a run."""
-
     with policy_scope({"off": "fp32"}.get(mode, mode)):
         yield
 
@@ -249,7 +248,6 @@ def truncate_log(path: Path, epochs: int) -> None:
 
 def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
     """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
-
     scores = {}
     predict_fn = keras_predict_fn(model)
     for case in cases:
@@ -265,7 +263,6 @@ def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, d
 
 def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
          init_source=None) -> TrainResult:
-
     with output_dir(run_dir, dist) as write_dir:
         return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
                        log, dist, init_source)
