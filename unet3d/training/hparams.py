@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
-from tensorboard.plugins.scalar import summary_v2 as scalar_summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from unet3d.training.summaries import EventWriter
 
 HPARAMS_DIR = ("tensorboard", "hparams")
 METRICS = ("WT", "TC", "ET", "mean")
@@ -61,24 +59,26 @@ def write_trial(run_dir: str | Path, config: dict[str, Any],
             (``WT``, ``TC``, ``ET``, ``mean``).
         extra: dict or None. More metrics (``hd95_wt``, ``hours``, ...).
     """
-
     run_dir = Path(run_dir)
     folder = run_dir.joinpath(*HPARAMS_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("events.out.tfevents.*"):  # one trial per run
         old.unlink()
-    writer = EventFileWriter(str(folder))
+    writer = EventWriter(folder)
     step = int(config.get("epochs", 0))
-    now = time.time()
-    summary = hparams_summary.hparams_pb(flat_hparams(config), trial_id=run_dir.name)
-    writer.add_event(event_pb2.Event(wall_time=now, step=step, summary=summary))
+    writer.add(hparams_summary.hparams_pb(flat_hparams(config), trial_id=run_dir.name), step)
     metrics = {f"validation/dice_{k.lower()}": float(v) for k, v in val_dice.items()}
     metrics.update({f"validation/{k}": float(v) for k, v in (extra or {}).items()})
     for tag, value in metrics.items():
-        writer.add_event(event_pb2.Event(wall_time=now, step=step,
-                                         summary=scalar_summary.scalar_pb(tag, value)))
+        writer.scalar(tag, value, step)
     writer.close()
     return folder
+
+
+def region_means(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean Dice per region over the cases, and ``mean`` over the regions."""
+    means = {r: float(np.mean([c[r] for c in per_case.values()])) for r in METRICS[:3]}
+    means["mean"] = float(np.mean([means[r] for r in METRICS[:3]]))
+    return means
 
 
 def trial_from_run(run_dir: str | Path) -> Path:
@@ -90,9 +90,7 @@ def trial_from_run(run_dir: str | Path) -> Path:
         config["train_cases"] = len(json.loads(split.read_text())["train"])
     val_dice = {}  # none when the run trained on every case
     if (run_dir / "validation.json").is_file():
-        per_case = json.loads((run_dir / "validation.json").read_text())
-        val_dice = {r: float(np.mean([c[r] for c in per_case.values()])) for r in METRICS[:3]}
-        val_dice["mean"] = float(np.mean([val_dice[r] for r in METRICS[:3]]))
+        val_dice = region_means(json.loads((run_dir / "validation.json").read_text()))
     extra = {}
     summary = run_dir / "study.json"  # optional: scores of the full predict + evaluate pipeline
     if summary.is_file():

@@ -64,7 +64,7 @@ from unet3d.training.distribute import (
     worker_seed,
 )
 from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
-from unet3d.training.hparams import write_trial
+from unet3d.training.hparams import region_means, write_trial
 from unet3d.training.summaries import EpochScalars
 
 
@@ -374,20 +374,17 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         best = load_model(run_dir / "best.keras")
         per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
         atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
-        val_dice = {region: float(np.mean([c[region] for c in per_case.values()]))
-                    for region in REGIONS}
-        val_dice["mean"] = float(np.mean([val_dice[r] for r in REGIONS]))
-    result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
-                         best_epoch=checkpoint.best_epoch, seconds=time.time() - start,
-                         model=model)
-    if val_cases:
+        val_dice = region_means(per_case)
         log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
             "WT {:.3f}  TC {:.3f}  ET {:.3f}  mean {:.3f}".format(
-                len(per_case), result.best_epoch, val_dice["WT"], val_dice["TC"],
+                len(per_case), checkpoint.best_epoch, val_dice["WT"], val_dice["TC"],
                 val_dice["ET"], val_dice["mean"]))
     else:
         log(f"trained on all {len(train_cases)} cases, no validation: best.keras is the "
             "last epoch's model")
+    result = TrainResult(run_dir=run_dir, val_dice=val_dice, history=history,
+                         best_epoch=checkpoint.best_epoch, seconds=time.time() - start,
+                         model=model)
 
     write_trial(run_dir, {**config.to_dict(), "train_cases": len(train_cases)}, val_dice,
                 {"hours": result.seconds / 3600})

@@ -34,12 +34,13 @@ class EventWriter:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         self._writer = EventFileWriter(str(log_dir))
 
-    def _add(self, summary, step: int) -> None:
+    def add(self, summary, step: int) -> None:
+        """Appends one ``Summary`` protobuf at ``step``."""
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
                                                summary=summary))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self._add(scalar_summary.scalar_pb(tag, float(value)), step)
+        self.add(scalar_summary.scalar_pb(tag, float(value)), step)
 
     def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
         """``rgb``: floats in [0, 1], ``(H, W, 3)``; stored as PNG, as ``tf.summary.image``."""
@@ -52,7 +53,7 @@ class EventWriter:
         metadata = image_metadata.create_summary_metadata(
             display_name=tag, description="", converted_to_tensor=True)
         value = summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)
-        self._add(summary_pb2.Summary(value=[value]), step)
+        self.add(summary_pb2.Summary(value=[value]), step)
 
     def flush(self) -> None:
         self._writer.flush()
