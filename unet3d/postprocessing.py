@@ -153,7 +153,7 @@ def read_plan(model_path: str | Path) -> PostProcessing | None:
     """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
     path = Path(model_path)
     if path.suffix.lower() == ".tflite":
-        from unet3d.artifacts.litert_file import report_path
+        from unet3d.artifacts.litert_file import report_path  # artifacts imports this module
 
         report = report_path(path)
         if not report.is_file():
@@ -177,7 +177,7 @@ def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
     """Stores ``plan`` with the model, replacing any earlier one, atomically."""
     path = Path(model_path)
     if path.suffix.lower() == ".tflite":
-        from unet3d.artifacts.litert_file import report_path
+        from unet3d.artifacts.litert_file import report_path  # artifacts imports this module
 
         report = report_path(path)
         values = json.loads(report.read_text()) if report.is_file() else {}

@@ -15,11 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import keras
+
 from data_generators.errors import InputError
 from data_generators.fileio import ensure_writable_dir, exclusive_lock
 from data_generators.labels import resolve_convention
-from unet3d.artifacts import DEFAULT_NAME, load_artifact
+from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
 from unet3d.env import prepare_backend
+from unet3d.evaluation.folder import evaluate_folder, format_summary
 from unet3d.inference.pipeline import PredictSettings, output_paths, predict_case, resolve_plan
 from unet3d.precision import resolve_precision
 
@@ -102,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
     if not source.is_dir():
         raise InputError(f"--input {source}: is not a folder")
     out = Path(args.out)
-    if args.patch_size and len(args.patch_size) not in (1, 3):
-        raise InputError("--patch-size takes one or three sizes")
     ensure_writable_dir(out, "--out")
     with exclusive_lock(out, "--out"):  # one process at a time writes an output folder
         return _segment(args, settings, source, out)
@@ -112,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int:
     shipped = args.model is None
     if shipped:
-        from unet3d.artifacts.shipped import shipped_path
-
         args.model = str(shipped_path())
 
     precision = resolve_precision(args.precision)
@@ -132,8 +131,6 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
         print_case(report)
         failures = {}
     else:
-        import keras
-
         cases = sorted(p for p in source.iterdir() if p.is_dir())
         if not cases:
             raise InputError(f"--input {source}: holds no case folders")
@@ -156,8 +153,6 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
             print(f"failed: {name}: {reason}", file=sys.stderr)
 
     if args.gt:
-        from unet3d.evaluation.folder import evaluate_folder, format_summary
-
         rows, summary = evaluate_folder(out, args.gt, csv_path=out / "evaluation.csv",
                                         convention=settings.labels, overwrite=True)
         print(format_summary(summary, len(rows)))

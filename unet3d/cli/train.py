@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from data_generators.errors import InputError
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.shipped import DEFAULT_NAME
 from unet3d.config import TrainConfig, load_config_file
 from unet3d.env import prepare_backend
+from unet3d.precision import resolve_precision
 from unet3d.training.callbacks import Preempted
 from unet3d.training.finetune import source_path
+from unet3d.training.run import load_resume_config, train
 
 # CLI option -> TrainConfig (or ModelConfig) field
 OVERRIDES = {
@@ -105,8 +108,6 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if args.no_augment:
         changes["augment"] = False
     if args.precision:
-        from unet3d.precision import resolve_precision
-
         resolved = resolve_precision(args.precision)
         changes["mixed_precision"] = "off" if resolved == "fp32" else resolved
     return config.replace(**changes) if changes else config
@@ -123,10 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     prepare_backend()
     try:
         if args.resume:
-            from pathlib import Path
-
-            from unet3d.training.run import load_resume_config
-
             if not args.out:
                 raise InputError("--resume needs --out, the run directory to continue")
             if not (Path(args.out) / "config.json").is_file():
@@ -136,11 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                 config = config.replace(strategy=args.strategy)
         else:
             config = build_config(args)
-        from unet3d.training.run import train
-
         result = train(config, resume=args.resume)
         if args.export and result.is_chief:
-            from unet3d.export import export_litert, format_report
+            from unet3d.export import export_litert, format_report  # TensorFlow only
 
             for precision in args.export:
                 report = export_litert(result.run_dir / "best.keras",

@@ -11,6 +11,7 @@ import numpy as np
 
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_path
+from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
 from unet3d.export import calibration as calib
 from unet3d.export.lowering import lower_model
@@ -226,8 +227,6 @@ def export_litert(
 
     model_path = None
     if isinstance(model_or_path, (str, Path)):
-        from unet3d.artifacts.keras_file import load_model, read_model_config
-
         model_path = Path(model_or_path)
         model = load_model(model_path)
         config = config if config is not None else read_model_config(model_path)

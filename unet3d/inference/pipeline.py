@@ -16,6 +16,7 @@ from data_generators.io import find_case, load_case, save_segmentation
 from data_generators.labels import (
     REGIONS,
     classes_to_labels,
+    classes_to_regions,
     regions_to_classes,
     resolve_convention,
 )
@@ -160,8 +161,6 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         preview_montage(preview_image, full, paths["preview"])
     if settings.mesh:
         affine = np.asarray(properties["affine"])
-        from data_generators.labels import classes_to_regions
-
         regions = classes_to_regions(full)
         for index, region in enumerate(REGIONS):
             verts, faces = region_mesh(regions[..., index], affine)

@@ -32,7 +32,7 @@ from data_generators.dataset import (
 )
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text, ensure_writable_dir, exclusive_lock
-from data_generators.io import find_cases
+from data_generators.io import check_data_folder, find_cases
 from data_generators.labels import REGIONS, classes_to_regions
 from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
@@ -63,7 +63,12 @@ from unet3d.training.distribute import (
     worker_cases,
     worker_seed,
 )
-from unet3d.training.finetune import FreezeEncoder, build_optimizer_for_all, init_from
+from unet3d.training.finetune import (
+    FreezeEncoder,
+    build_optimizer_for_all,
+    init_from,
+    load_source,
+)
 from unet3d.training.hparams import region_means, write_trial
 from unet3d.training.summaries import EpochScalars
 
@@ -161,8 +166,6 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     check_batch_size(config.batch_size, dist)
     _check_precision(config.mixed_precision)
     if config.data is not None:  # a wrong path is named before the memory estimate
-        from data_generators.io import check_data_folder
-
         check_data_folder(config.data)
 
     patch = "x".join(map(str, config.patch_size))
@@ -172,8 +175,6 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
                "lower --patch-size or --batch-size")
     init_source = None
     if config.init_from and not resume:
-        from unet3d.training.finetune import load_source
-
         init_source = load_source(config)
     if dist.is_chief:
         run_dir = prepare_run_dir(config, resume)
