@@ -43,9 +43,13 @@ def test_symbolic_build_and_strategy_attribute():
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=make_loss("dice", "regions"),
                   metrics=region_metrics("regions"))
     assert not model.optimizer.built
+    metric_variables = len(model.metrics_variables)
     sample = (np.zeros((1, 8, 8, 8, 4), np.float32), np.zeros((1, 8, 8, 8, 3), np.float32))
     keras_compat.build_for_strategy(model, sample)
-    assert model.optimizer.built and model.compiled_metrics is not None or model.metrics
+    # Adam: its step count and learning rate, then a first and second moment per weight
+    assert model.optimizer.built
+    assert len(model.optimizer.variables) == 2 + 2 * len(model.trainable_variables)
+    assert len(model.metrics_variables) > metric_variables  # the Dice metrics' totals
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the strategy attribute is the TensorFlow trainer's")
     keras_compat.set_model_strategy(model, None)
