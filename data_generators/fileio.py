@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import socket
@@ -11,7 +12,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_generators.errors import InputError
+from data_generators.errors import InputError, OutputError
+
+# the write failures that say "the storage", not the program: full disk, quota, file size, I/O
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
 
 @contextlib.contextmanager
@@ -47,7 +51,7 @@ def exclusive_lock(folder: str | Path, what: str) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, backup: str | Path | None = None) -> Iterator[Path]:
     """Yields a temporary path beside ``path``; renames it over ``path`` on success.
 
     The temporary name keeps the final suffixes (``.nii.gz``, ``.keras``) so
@@ -55,11 +59,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     permissions a plain ``open`` would give (``0o666`` less the umask), or
     those of the file it replaces, not ``mkstemp``'s owner-only ``0o600``. On
     error the temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: the file to write.
+        backup: optional. The file ``path`` held is first renamed to this name
+            (a checkpoint keeps its predecessor), so a kill between the two
+            renames leaves the backup and no ``path``, never a torn file.
+
+    Raises:
+        OutputError: the storage refused the write (disk full, quota, I/O
+            error); it names ``path``, which is unchanged, and no temporary
+            file is left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{suffix}",
+                                   dir=path.parent)
+    except OSError as err:
+        raise _output_error(path, err) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -67,10 +86,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp_path, _mode_for(path))
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        raise _output_error(path, err) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+TEMP_MARK = ".tmp"  # temporary files are ``.<name>.<random>.tmp<suffixes>``
+
+
+def _output_error(path: Path, err: OSError) -> OutputError:
+    reason = err.strerror or os.strerror(err.errno or 0)
+    kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+    return OutputError(f"{path}: cannot be written ({reason}); {kept}", err.errno)
+
+
+def storage_error(err: OSError, what: str | Path) -> OutputError | None:
+    """``err`` as an :class:`OutputError` naming ``what`` if the storage refused a write,
+    else None (the error is the program's, and should be raised as it is)."""
+    if err.errno not in STORAGE_ERRNOS:
+        return None
+    return OutputError(f"{what}: cannot be written ({err.strerror or os.strerror(err.errno)})",
+                       err.errno)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Removes the temporary files :func:`atomic_path` left in ``folder`` when its process
+    was killed. Call it only while holding ``folder``'s :func:`exclusive_lock`: no other
+    writer can own them then. Returns what was removed."""
+    removed = []
+    for candidate in Path(folder).glob(f".*{TEMP_MARK}*"):
+        if candidate.is_file() and not candidate.name.endswith(".lock"):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
 
 
 def _mode_for(path: Path) -> int:

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.io import CaseFiles, load_case
+from data_generators.errors import InputError, OutputError
+from data_generators.fileio import storage_error
+from data_generators.geometry import load_case_for_model
+from data_generators.io import CaseFiles
 from data_generators.labels import resolve_convention
 
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2  # 2: cases brought to the model space (data_generators.geometry)
 MAX_FOREGROUND = 20000
 
 Box = tuple[tuple[int, int], ...]
@@ -253,7 +255,7 @@ class PreprocessedCache:
     def _build(self, case: CaseFiles, label_convention: str, fingerprint: dict[str, Any]) -> None:
         if self.log is not None:
             self.log(f"caching case {case.case_id}")
-        image, label, properties = load_case(case, label_convention)
+        image, label, properties, _ = load_case_for_model(case, label_convention)
         try:
             image, label, box = preprocess_case(image, label)
         except ValueError as err:  # an all-zero (empty) scan: nothing to crop to
@@ -264,8 +266,21 @@ class PreprocessedCache:
             "cropped_shape": list(image.shape[:3]),
             "fingerprint": fingerprint,
         }
+        try:
+            self._write(case.case_id, image, label, properties)
+        except OSError as err:  # a full disk: one line naming the cache, nothing half-written
+            refused = storage_error(err, self.case_dir(case.case_id))
+            if refused is None:
+                raise
+            raise OutputError(f"{refused}; the preprocessed cache was not written (free space "
+                              "or point --cache-dir / UNET3D_CACHE elsewhere)", err.errno) from None
+        self.builds += 1
+
+    def _write(self, case_id: str, image: np.ndarray, label: np.ndarray | None,
+               properties: dict[str, Any]) -> None:
+        """Writes the case's arrays into a temporary folder, then renames it into place."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{case.case_id}.", suffix=".tmp", dir=self.root))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{case_id}.", suffix=".tmp", dir=self.root))
         try:
             np.save(tmp / "image.npy", np.ascontiguousarray(image, dtype=np.float32))
             if label is not None:
@@ -274,11 +289,10 @@ class PreprocessedCache:
             properties["files"] = {path.name: file_digest(path)
                                    for path in sorted(tmp.glob("*.npy"))}
             (tmp / "properties.json").write_text(json.dumps(properties, indent=1) + "\n")
-            _replace_dir(tmp, self.case_dir(case.case_id))
+            _replace_dir(tmp, self.case_dir(case_id))
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        self.builds += 1
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -21,23 +21,46 @@ from data_generators.errors import InputError
 from data_generators.fileio import atomic_path
 
 CONFIG_ENTRY = "unet3d_config.json"
+STATE_ENTRY = "unet3d_state.json"
 
 
-def save_model(model, path: str | Path, config: dict[str, Any] | None = None) -> Path:
+def save_model(model, path: str | Path, config: dict[str, Any] | None = None,
+               state: dict[str, Any] | None = None, backup: str | Path | None = None) -> Path:
     """Saves ``model`` atomically as ``.keras``, with ``config`` embedded.
 
     Args:
         model: keras.Model.
         path: str or Path ending in ``.keras``.
         config: dict or None. Usually ``TrainConfig.to_dict()``.
+        state: dict or None. A training checkpoint's own state (completed
+            epochs, best score), embedded so the file says what it holds
+            whatever happens to ``state.json`` beside it.
+        backup: str, Path or None. Keep the file ``path`` held under this name.
+
+    Raises:
+        OutputError: the storage refused the write; ``path`` is unchanged.
     """
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, backup=backup) as tmp:
         model.save(tmp)
-        if config is not None:
+        if config is not None or state is not None:
             with zipfile.ZipFile(tmp, "a") as archive:
-                archive.writestr(CONFIG_ENTRY, json.dumps(config, indent=2))
+                if config is not None:
+                    archive.writestr(CONFIG_ENTRY, json.dumps(config, indent=2))
+                if state is not None:
+                    archive.writestr(STATE_ENTRY, json.dumps(state, indent=2))
     return path
+
+
+def read_checkpoint_state(path: str | Path) -> dict[str, Any] | None:
+    """The training state embedded in a checkpoint by :func:`save_model`, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if STATE_ENTRY in archive.namelist():
+                return json.loads(archive.read(STATE_ENTRY))
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return None
 
 
 def read_model_config(path: str | Path) -> dict[str, Any] | None:
@@ -65,8 +88,6 @@ def load_model(path: str | Path, compile: bool = False):
     load without ``custom_objects``. A file holding a ``Lambda`` layer is
     refused by safe loading instead of executed.
     """
-
-
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a .keras model file")

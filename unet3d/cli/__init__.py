@@ -15,14 +15,31 @@ console script          module                      what it does
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Sequence
 
+from data_generators.errors import OUTPUT_ERROR_EXIT, OutputError
+from data_generators.fileio import STORAGE_ERRNOS
 from unet3d.env import prepare_backend
 
 
 def _run(module: str, argv: Sequence[str] | None) -> int:
+    """Runs ``unet3d.cli.<module>.main``. A write the storage refused (disk full, quota,
+    I/O error), wherever it happened, ends in one line and exit status 74; the file it
+    names is unchanged (every output is written to a temporary name and renamed)."""
     prepare_backend()
-    return importlib.import_module(f"unet3d.cli.{module}").main(argv)
+    try:
+        return importlib.import_module(f"unet3d.cli.{module}").main(argv)
+    except OutputError as err:
+        print(f"unet3d-{module}: error: {err}", file=sys.stderr)
+    except OSError as err:
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"unet3d-{module}: error: {where}cannot write ({err.strerror}); outputs "
+              "written before it are complete, the one in progress was not kept",
+              file=sys.stderr)
+    return OUTPUT_ERROR_EXIT
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from data_generators.errors import InputError
-from data_generators.io import find_case, load_case
+from data_generators.geometry import load_case_for_model
+from data_generators.io import find_case
 from data_generators.preprocessing import preprocess_case
 from unet3d.artifacts import load_artifact
 from unet3d.env import prepare_backend
@@ -60,7 +61,7 @@ def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     for case_id in args.cases:
         case = find_case(Path(args.data) / case_id, modalities=model.modalities,
                          require_label=True)
-        image, label, _ = load_case(case, model.label_convention)
+        image, label, _, _ = load_case_for_model(case, model.label_convention)
         cropped, label, _ = preprocess_case(image, label)
         class_maps[case_id] = probabilities_to_classes(predictor(cropped), model.output_mode)
         truths[case_id] = label

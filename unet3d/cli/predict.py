@@ -18,12 +18,18 @@ from pathlib import Path
 import keras
 
 from data_generators.errors import InputError
-from data_generators.fileio import ensure_writable_dir, exclusive_lock
+from data_generators.fileio import ensure_writable_dir, exclusive_lock, remove_stale_temporaries
 from data_generators.labels import resolve_convention
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import evaluate_folder, format_summary
-from unet3d.inference.pipeline import PredictSettings, output_paths, predict_case, resolve_plan
+from unet3d.inference.pipeline import (
+    PredictSettings,
+    is_complete,
+    output_paths,
+    predict_case,
+    resolve_plan,
+)
 from unet3d.precision import resolve_precision
 
 
@@ -107,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     ensure_writable_dir(out, "--out")
     with exclusive_lock(out, "--out"):  # one process at a time writes an output folder
+        remove_stale_temporaries(out)  # a killed run's: nobody else can own them now
         return _segment(args, settings, source, out)
 
 
@@ -138,7 +145,7 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
         bar = keras.utils.Progbar(len(cases), unit_name="case")
         for index, case_dir in enumerate(cases, start=1):
             paths = output_paths(out, case_dir.name, settings)
-            if not settings.overwrite and paths["segmentation"].exists():
+            if not settings.overwrite and is_complete(paths):
                 skipped += 1
             else:
                 try:

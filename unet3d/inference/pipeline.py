@@ -12,7 +12,8 @@ import numpy as np
 
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
-from data_generators.io import find_case, load_case, save_segmentation
+from data_generators.geometry import load_case_for_model
+from data_generators.io import find_case, save_segmentation
 from data_generators.labels import (
     REGIONS,
     classes_to_labels,
@@ -104,14 +105,21 @@ def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict
     return paths
 
 
+def is_complete(paths: dict[str, Path]) -> bool:
+    """Whether a case's outputs are all there: its segmentation and, written last, its report."""
+    return paths["segmentation"].exists() and paths["report"].exists()
+
+
 def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
                  settings: PredictSettings) -> dict[str, Any]:
     """Segments one case folder and writes its outputs; returns the JSON report.
 
-    Steps: find and load the modalities in the model's order, crop to the
-    brain and z-score (as in training), predict, turn regions into labels,
-    post-process, un-crop into the original grid and write the label map
-    with the T1's header and affine. Every file is written atomically.
+    Steps: find and load the modalities in the model's order, bring them to
+    the model's space (LPS axes, 1 mm: :mod:`data_generators.geometry`), crop
+    to the brain and z-score (as in training), predict, turn regions into
+    labels, post-process, un-crop, map back onto exactly the input's grid and
+    write the label map with the T1's header and affine. Every file is
+    written atomically; the report last.
 
     Raises:
         InputError: unusable input files, or outputs that exist without
@@ -122,10 +130,11 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
     out_dir = Path(out_dir)
     case = find_case(Path(case_dir), modalities=model.modalities, require_label=False)
     paths = output_paths(out_dir, case.case_id, settings)
-    existing = [p for p in paths.values() if p.exists()]
-    if existing and not settings.overwrite:
-        raise InputError(f"{existing[0]}: exists; pass --overwrite to replace it")
-    image, _, properties = load_case(case)
+    # the report is written last: a case with it and its segmentation is complete; the
+    # outputs of a case without them were left by an interrupted run, and are replaced
+    if is_complete(paths) and not settings.overwrite:
+        raise InputError(f"{paths['segmentation']}: exists; pass --overwrite to replace it")
+    image, _, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
     try:
         cropped, _, box = preprocess_case(image, None)
     except ValueError as err:
@@ -151,14 +160,15 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
     classes = probabilities_to_classes(probs, model.output_mode)
     plan, plan_source = resolve_plan(model.postprocessing, settings)
     classes, changes = plan.apply(classes)
-    full = uncrop(classes, box, properties["original_shape"])
+    in_model_space = uncrop(classes, box, geometry.model_shape)
+    full = geometry.labels_from_model(in_model_space)  # exactly onto the input's grid
     network = time.perf_counter()
 
     labels = classes_to_labels(full, resolve_convention(settings.labels))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_segmentation(labels, properties, paths["segmentation"])
     if settings.preview:
-        preview_montage(preview_image, full, paths["preview"])
+        preview_montage(preview_image, in_model_space, paths["preview"])  # axial: LPS z
     if settings.mesh:
         affine = np.asarray(properties["affine"])
         regions = classes_to_regions(full)
@@ -173,6 +183,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         "segmentation": str(paths["segmentation"]),
         "label_convention": resolve_convention(settings.labels),
         "spacing_mm": properties["spacing"],
+        "geometry": properties["geometry"],
         "volumes": region_volumes(full, properties["spacing"]),
         **changes,
         "postprocessing": {"largest_component": plan.largest_component,
@@ -185,5 +196,5 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         "runtime_s": {"load_preprocess": loaded - start, "network": network - loaded,
                       "write": written - network, "total": written - start},
     }
-    atomic_write_text(paths["report"], json.dumps(report, indent=2) + "\n")
+    atomic_write_text(paths["report"], json.dumps(report, indent=2) + "\n")  # last: case done
     return report

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
-from unet3d.artifacts.keras_file import save_model
+from unet3d.artifacts.keras_file import load_model, read_checkpoint_state, save_model
 from unet3d.keras_compat import seed_state
 from unet3d.models.metrics import predicted_regions, target_regions
 from unet3d.training.summaries import EventWriter
 
 STATE_FILE = "state.json"
+LAST, PREVIOUS = "last.keras", "previous.keras"
 
 # RGB colours of the overlay for WT-only (edema), TC-only (core) and ET
 _REGION_COLOURS = np.array([[0.1, 0.8, 0.1], [0.9, 0.1, 0.1], [1.0, 0.9, 0.0]], dtype=np.float32)
@@ -28,8 +32,11 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     Every file is written to a temporary name and renamed, so a kill at any
     moment leaves the previous complete file. ``last.keras`` holds the
-    optimizer state; ``state.json`` holds the number of completed epochs and
-    the best score, which is all ``train.py --resume`` needs.
+    optimizer state and, embedded, its own state (completed epochs, best
+    score): all ``train.py --resume`` needs. The checkpoint it replaces is
+    kept as ``previous.keras``, which ``--resume`` falls back to when
+    ``last.keras`` cannot be read; ``state.json`` repeats the newest state
+    for people and scripts.
 
     Args:
         run_dir: str or Path. The run directory.
@@ -56,9 +63,11 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.best_score = float(score) if score is not None else self.best_score
             self.best_epoch = epoch + 1
             save_model(self.model, self.run_dir / "best.keras", self.config)
-        save_model(self.model, self.run_dir / "last.keras", self.config)
         state = {"epoch": epoch + 1, "monitor": self.monitor, "best_score": self.best_score,
                  "best_epoch": self.best_epoch}
+        # the checkpoint carries its own state; the one it replaces is kept as previous.keras
+        save_model(self.model, self.run_dir / LAST, self.config, state=state,
+                   backup=self.run_dir / PREVIOUS)
         atomic_write_text(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
@@ -203,3 +212,55 @@ class StopOnSignal(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.received is not None:
             raise Preempted(self.received, epoch + 1)
+
+
+def resume_checkpoint(run_dir, warn=None, move_damaged: bool = True):
+    """The model and state ``--resume`` continues from: ``last.keras``, or, when that
+    cannot be loaded, the ``previous.keras`` kept beside it.
+
+    The damaged ``last.keras`` is renamed ``last.damaged.keras`` (kept, never
+    deleted), so the next checkpoint does not push it into ``previous.keras``.
+
+    Args:
+        run_dir: the run directory.
+        warn: callable taking the one-line message that names the damaged file
+            and the checkpoint used instead; default: print to stderr.
+        move_damaged: bool, default True. False on the workers of a
+            multi-worker run, where only the chief renames files.
+
+    Returns:
+        ``(model, state)``; ``state`` holds ``epoch``, ``best_score``, ``best_epoch``.
+
+    Raises:
+        InputError: no checkpoint that loads; the message names ``last.keras``.
+    """
+    run_dir = Path(run_dir)
+    last, previous = run_dir / LAST, run_dir / PREVIOUS
+    try:
+        return load_model(last, compile=True), _checkpoint_state(last, run_dir)
+    except InputError as err:
+        if not previous.is_file():
+            raise InputError(f"{err}; {run_dir} keeps no previous checkpoint to resume from "
+                             "instead") from None
+        damaged = err
+    model = load_model(previous, compile=True)  # InputError here: neither loads
+    state = _checkpoint_state(previous, None)
+    moved = ""
+    if move_damaged and last.exists():
+        os.replace(last, run_dir / "last.damaged.keras")
+        moved = f"; it is kept as {run_dir / 'last.damaged.keras'}"
+    message = (f"{damaged}; resuming from {previous} (epoch {state.get('epoch', '?')}) "
+               f"instead{moved}")
+    (warn or (lambda text: print(f"warning: {text}", file=sys.stderr)))(message)
+    return model, state
+
+
+def _checkpoint_state(path: Path, run_dir: Path | None) -> dict:
+    """The state embedded in a checkpoint; older runs' ``last.keras`` has it in state.json."""
+    state = read_checkpoint_state(path)
+    if state is None and run_dir is not None:
+        state = read_state(run_dir)
+    if not state or "epoch" not in state:
+        raise InputError(f"{path}: holds no training state (completed epochs); it is not a "
+                         "checkpoint of train.py")
+    return state

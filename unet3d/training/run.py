@@ -31,7 +31,12 @@ from data_generators.dataset import (
     split_cases,
 )
 from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text, ensure_writable_dir, exclusive_lock
+from data_generators.fileio import (
+    atomic_write_text,
+    ensure_writable_dir,
+    exclusive_lock,
+    remove_stale_temporaries,
+)
 from data_generators.io import check_data_folder, find_cases
 from data_generators.labels import REGIONS, classes_to_regions
 from data_generators.preprocessing import cache_for, default_cache_root
@@ -51,7 +56,7 @@ from unet3d.training.callbacks import (
     RunCheckpoint,
     StopOnSignal,
     ValidationImage,
-    read_state,
+    resume_checkpoint,
 )
 from unet3d.training.distribute import (
     check_batch_size,
@@ -128,7 +133,7 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"--out {run_dir}: exists and is not a directory")
     if resume:
-        if not (run_dir / "last.keras").is_file():
+        if not any((run_dir / name).is_file() for name in ("last.keras", "previous.keras")):
             raise InputError(f"--resume: {run_dir} holds no last.keras to resume from")
         return run_dir
     if (run_dir / "last.keras").exists() or (run_dir / "config.json").exists():
@@ -185,6 +190,8 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
                              "(every worker must see the chief's run directory)")
     lock = exclusive_lock(run_dir, "--out") if dist.is_chief else contextlib.nullcontext()
     with lock:  # one process at a time writes a run directory
+        if dist.is_chief:  # a killed run's temporary files: nobody else can own them now
+            remove_stale_temporaries(run_dir)
         return _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source)
 
 
@@ -276,8 +283,6 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     ``init_source`` is the pretrained model of ``--init-from``, already loaded
     and checked by :func:`unet3d.training.finetune.load_source`.
     """
-
-
     keras.utils.set_random_seed(config.seed)
     mode = config.model.output_mode
     # each worker samples its own share of the cases, batch_size / num_workers at a time
@@ -299,14 +304,11 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
             f"the {len(val_data.centres)} validation patches (val_patches_per_case x "
             f"{len(val_cases)} cases) must be a multiple of {len(dist.devices)}")
 
-    state = read_state(run_dir) if resume else {}
-    initial_epoch = int(state.get("epoch", 0))
-    if resume and dist.is_chief:
-        truncate_log(run_dir / "log.csv", initial_epoch)
+    state = {}
     with dist.scope():  # variables are mirrored over the replicas
-        if resume:
-            model = load_model(run_dir / "last.keras", compile=True)
-            log(f"resuming {run_dir} after epoch {initial_epoch}")
+        if resume:  # last.keras, or previous.keras when last.keras is damaged
+            model, state = resume_checkpoint(run_dir, move_damaged=dist.is_chief)
+            log(f"resuming {run_dir} after epoch {state['epoch']}")
         else:
             model = build_unet3d(config.model)
             model.compile(
@@ -318,6 +320,9 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
                 init_from(model, init_source, config.init_from, log=log)
         if config.freeze_encoder_epochs:  # the encoder's variables join at the switch
             build_optimizer_for_all(model)
+    initial_epoch = int(state.get("epoch", 0))
+    if resume and dist.is_chief:
+        truncate_log(run_dir / "log.csv", initial_epoch)
     log(f"model {model.name}: {model.count_params():,} parameters, "
         f"{len(train_cases)} training / {len(val_cases)} validation cases")
 
