@@ -64,19 +64,10 @@ def reference(tmp_path_factory):
 def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
 
     run = tmp_path / "killed"
-    proc = start(tmp_path, run)
-    deadline = time.time() + 600
     state = run / "state.json"
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.02)
     # killed as soon as epoch 1 is checkpointed: inside epoch 2 (or its checkpoint), however
     # fast the machine, never after the run
-    assert proc.poll() is None, "training ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_after_epoch(tmp_path, run, 1) == -signal.SIGKILL
     # a kill at any moment leaves complete files: the checkpoint loads, the state parses
     done = json.loads(state.read_text())["epoch"]
     assert done in (1, 2)
@@ -120,3 +111,56 @@ def test_signal_stops_after_the_step_and_resume_matches(signum, reference, tmp_p
     assert f"holds epoch {done}" in message[0]
     assert waited < 60, waited  # one step and the shutdown, not the rest of the run
     resume_and_compare(run, done, reference, tmp_path)
+
+
+def kill_after_epoch(tmp_path, run, epoch):
+    proc = start(tmp_path, run)
+    state = run / "state.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epoch"] >= epoch:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    return proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_resume_from_a_damaged_checkpoint_uses_the_previous_one(reference, tmp_path):
+    """last.keras torn (a bad copy, a disk fault): --resume names it in one line, keeps it
+    aside, and continues from previous.keras, the checkpoint before it, to the same curve."""
+    run = tmp_path / "damaged"
+    kill_after_epoch(tmp_path, run, 2)
+    last, previous = run / "last.keras", run / "previous.keras"
+    done = json.loads((run / "state.json").read_text())["epoch"]
+    assert done == 2, done  # killed inside epoch 3: previous.keras holds epoch 1
+    torn = last.read_bytes()[: last.stat().st_size // 2]
+    last.write_bytes(torn)
+    assert load_model(previous, compile=True).optimizer.iterations.numpy() == \
+        CONFIG["steps_per_epoch"]
+    resumed = start(tmp_path, run, "--resume")
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    err = resumed.stderr.read()
+    lines = [line for line in err.splitlines() if "last.keras" in line]
+    assert len(lines) == 1 and str(last) in lines[0] and "Traceback" not in err, err[-2000:]
+    assert f"resuming from {previous} (epoch 1)" in lines[0]
+    assert (run / "last.damaged.keras").read_bytes() == torn  # kept, not deleted
+    got = rows(run)
+    assert [r["epoch"] for r in got] == ["0", "1", "2"]
+    for key in ("loss", "val_loss", "val_dice_mean"):
+        np.testing.assert_allclose([float(r[key]) for r in got],
+                                   [float(r[key]) for r in reference], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_resume_with_no_loadable_checkpoint_is_one_line(tmp_path):
+    run = tmp_path / "broken"
+    kill_after_epoch(tmp_path, run, 1)
+    for name in ("last.keras", "previous.keras"):
+        if (run / name).exists():
+            (run / name).write_bytes(b"PK\x03\x04 torn")
+    resumed = start(tmp_path, run, "--resume")
+    assert resumed.wait(timeout=600) == 2
+    err = resumed.stderr.read().strip()
+    assert len(err.splitlines()) == 1 and str(run / "last.keras") in err, err[-2000:]
