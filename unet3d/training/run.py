@@ -137,18 +137,17 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
             raise InputError(f"--resume: {run_dir} holds no last.keras to resume from")
         return run_dir
     if (run_dir / "last.keras").exists() or (run_dir / "config.json").exists():
-        raise InputError(
-            f"--out {run_dir}: holds an earlier run; pass --resume to continue it "
-            "or choose another --out"
-        )
+        raise InputError(f"--out {run_dir}: holds an earlier run; pass --resume to continue "
+                         "it or choose another --out")
     return ensure_writable_dir(run_dir, "--out")
 
 
 def load_resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
-    """The config saved in ``run_dir``, optionally with more epochs."""
+    """The config saved in ``run_dir`` (moved or copied: it continues there), optionally
+    with more epochs."""
     values = json.loads((run_dir / "config.json").read_text())
     config = TrainConfig.from_dict(values, source=str(run_dir / "config.json"))
-    return config.replace(epochs=epochs) if epochs else config
+    return config.replace(out=str(run_dir), **({"epochs": epochs} if epochs else {}))
 
 
 def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
