@@ -14,7 +14,9 @@ from scipy import ndimage
 import unet3d.cli.predict as predict_cli
 from data_generators.errors import InputError
 from data_generators.geometry import plan_geometry, resample_labels
+from data_generators.io import find_case
 from data_generators.labels import labels_to_regions
+from data_generators.preprocessing import PreprocessedCache
 from tests.conftest import require_brats
 from unet3d.artifacts import load_artifact, shipped_path
 from unet3d.evaluation.scores import dice
@@ -205,3 +207,19 @@ def test_resampled_labels_keep_their_shapes():
 def test_bad_affines_name_the_file():
     with pytest.raises(InputError, match="scan.nii: its affine"):
         plan_geometry((4, 4, 4), np.full((4, 4), np.nan), "scan.nii")
+
+
+@pytest.mark.slow
+def test_training_sees_a_reoriented_case_as_the_original(source, tmp_path):
+    """The preprocessed cache that training reads holds the model's space: a case stored
+    RAS with permuted axes caches the same arrays, voxel for voxel, as the BraTS original."""
+    original = write_case(tmp_path / "a", "Ref", source)
+    moved = write_case(tmp_path / "b", "Moved",
+                       {key: permute(*flip_xy(data, affine)) for key, (data, affine)
+                        in source.items()})
+    cache = PreprocessedCache(tmp_path / "cache")
+    a = cache.get(find_case(original, require_label=True))
+    b = cache.get(find_case(moved, require_label=True))
+    assert b.properties["geometry"]["axes"] != a.properties["geometry"]["axes"]
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label, b.label)

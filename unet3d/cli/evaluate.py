@@ -80,5 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the entry point, which answers a full disk too
+    from unet3d.cli import evaluate_main
+
+    sys.exit(evaluate_main())

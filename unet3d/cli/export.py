@@ -76,5 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the entry point, which answers a full disk too
+    from unet3d.cli import export_main
+
+    sys.exit(export_main())

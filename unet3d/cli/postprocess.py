@@ -68,5 +68,7 @@ def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     return choose(class_maps, truths)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the entry point, which answers a full disk too
+    from unet3d.cli import postprocess_main
+
+    sys.exit(postprocess_main())

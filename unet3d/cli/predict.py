@@ -183,5 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the entry point, which answers a full disk too
+    from unet3d.cli import predict_main
+
+    sys.exit(predict_main())

@@ -155,5 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the entry point, which answers a full disk too
+    from unet3d.cli import train_main
+
+    sys.exit(train_main())
