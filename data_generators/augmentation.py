@@ -35,6 +35,9 @@ class AugmentationConfig:
         brightness_range: brightness factor range.
         p_contrast: probability of a contrast change, per channel.
         contrast_range: contrast factor range.
+        in_plane: the 2D forms of the spatial transforms, for slices (patches of
+            depth 1): rotation about the slice normal (axis 2) only, and elastic
+            displacement within the slice. The same draws are made either way.
     """
 
     p_rotation: float = 0.2
@@ -52,6 +55,7 @@ class AugmentationConfig:
     brightness_range: tuple[float, float] = (0.75, 1.25)
     p_contrast: float = 0.15
     contrast_range: tuple[float, float] = (0.75, 1.25)
+    in_plane: bool = False
 
 
 def _rotation_matrix(angles: np.ndarray) -> np.ndarray:
@@ -92,7 +96,10 @@ def _draw_spatial(
     matrix = None
     if rng.random() < config.p_rotation:
         limit = np.deg2rad(config.max_rotation_deg)
-        matrix = _rotation_matrix(rng.uniform(-limit, limit, size=3))
+        angles = rng.uniform(-limit, limit, size=3)
+        if config.in_plane:  # about the slice normal only: the slice stays a slice
+            angles[:2] = 0.0
+        matrix = _rotation_matrix(angles)
     if rng.random() < config.p_scale:
         scale = rng.uniform(*config.scale_range)
         matrix = scale * (np.eye(3) if matrix is None else matrix)
@@ -101,6 +108,8 @@ def _draw_spatial(
         alpha = rng.uniform(*config.elastic_alpha)
         sigma = rng.uniform(*config.elastic_sigma)
         field = _elastic_field(patch_size, alpha, sigma, rng)
+        if config.in_plane:
+            field[2] = 0.0
     return matrix, field
 
 

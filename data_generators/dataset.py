@@ -1,11 +1,15 @@
 """Keras ``PyDataset`` patch samplers for training and validation, and the case split.
 
 Batches are ``x`` float32 ``(B, D, H, W, C)`` and ``y`` float32: regions
-``(B, D, H, W, 3)`` (WT, TC, ET) or one-hot classes ``(B, D, H, W, 4)``.
+``(B, D, H, W, 3)`` (WT, TC, ET) or one-hot classes ``(B, D, H, W, 4)``. A
+two-value ``patch_size`` ``(H, W)`` samples axial slices for a 2D network
+instead: patches of depth 1 cut and augmented in the slice's plane
+(``AugmentationConfig(in_plane=True)``), delivered as ``(B, H, W, C)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +45,19 @@ def _check_cases(cases: Sequence[PreprocessedCase], output_mode: str) -> None:
             raise InputError(f"case {case.case_id}: has no label to train on")
 
 
+def volume_patch(patch_size: Sequence[int]) -> tuple[int, int, int]:
+    """The 3D patch cut for ``patch_size``: itself, or ``(H, W, 1)`` for a slice ``(H, W)``."""
+    size = tuple(int(p) for p in patch_size)
+    if len(size) not in (2, 3):
+        raise InputError(f"patch size must have 2 (slices) or 3 sizes, got {size}")
+    return size if len(size) == 3 else (*size, 1)
+
+
+def as_slices(batch: np.ndarray, spatial_dims: int) -> np.ndarray:
+    """``(B, H, W, 1, C)`` -> ``(B, H, W, C)`` for a 2D network; unchanged for 3D."""
+    return batch[:, :, :, 0] if spatial_dims == 2 else batch
+
+
 def _random_voxel(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     return np.array([rng.integers(0, int(s)) for s in shape[:3]], dtype=np.int64)
 
@@ -56,7 +73,7 @@ class BratsPatchDataset(keras.utils.PyDataset):
 
     Args:
         cases: preprocessed cases with labels.
-        patch_size: ``(D, H, W)``.
+        patch_size: ``(D, H, W)``, or ``(H, W)`` for axial slices.
         batch_size: patches per batch.
         steps_per_epoch: batches per epoch (``len(self)``).
         output_mode: ``regions`` (WT, TC, ET) or ``labels`` (one-hot 4 classes).
@@ -84,11 +101,14 @@ class BratsPatchDataset(keras.utils.PyDataset):
         if not 0.0 <= foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}")
         self.cases = list(cases)
-        self.patch_size = tuple(int(p) for p in patch_size)
+        self.spatial_dims = len(tuple(patch_size))
+        self.patch_size = volume_patch(patch_size)
         self.batch_size = int(batch_size)
         self.steps_per_epoch = int(steps_per_epoch)
         self.output_mode = output_mode
         self.foreground_fraction = float(foreground_fraction)
+        if augmentation is not None and self.spatial_dims == 2:
+            augmentation = dataclasses.replace(augmentation, in_plane=True)
         self.augmentation = augmentation
         self.seed = int(seed)
         self.epoch = 0
@@ -139,7 +159,8 @@ class BratsPatchDataset(keras.utils.PyDataset):
                                      rng=rng, config=self.augmentation)
             xs.append(img)
             ys.append(encode_target(lbl, self.output_mode))
-        return np.stack(xs).astype(np.float32, copy=False), np.stack(ys)
+        x = np.stack(xs).astype(np.float32, copy=False)
+        return as_slices(x, self.spatial_dims), as_slices(np.stack(ys), self.spatial_dims)
 
 class ValidationPatchDataset(keras.utils.PyDataset):
     """Fixed, un-augmented validation patches.
@@ -150,7 +171,7 @@ class ValidationPatchDataset(keras.utils.PyDataset):
 
     Args:
         cases: preprocessed cases with labels.
-        patch_size: ``(D, H, W)``.
+        patch_size: ``(D, H, W)``, or ``(H, W)`` for axial slices.
         batch_size: patches per batch (the last batch may be smaller).
         patches_per_case: centres per case.
         output_mode: ``regions`` or ``labels``.
@@ -171,7 +192,8 @@ class ValidationPatchDataset(keras.utils.PyDataset):
         super().__init__(**kwargs)
         _check_cases(cases, output_mode)
         self.cases = list(cases)
-        self.patch_size = tuple(int(p) for p in patch_size)
+        self.spatial_dims = len(tuple(patch_size))
+        self.patch_size = volume_patch(patch_size)
         self.batch_size = int(batch_size)
         self.output_mode = output_mode
         rng = np.random.default_rng(seed)
@@ -191,11 +213,13 @@ class ValidationPatchDataset(keras.utils.PyDataset):
         return math.ceil(len(self.centres) / self.batch_size)
 
     def patch(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Patch ``i``: ``x`` float32 ``(D, H, W, C)`` and ``y`` float32 ``(D, H, W, K)``."""
+        """Patch ``i``: ``x`` float32 ``(D, H, W, C)`` and ``y`` float32 ``(D, H, W, K)``
+        (``(H, W, C)`` and ``(H, W, K)`` for slices)."""
         k, centre = self.centres[i]
         case = self.cases[k]
         img, lbl = extract_patch(case.image, case.label, centre, self.patch_size)
-        return img, encode_target(lbl, self.output_mode)
+        img, target = img[None], encode_target(lbl, self.output_mode)[None]
+        return as_slices(img, self.spatial_dims)[0], as_slices(target, self.spatial_dims)[0]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):

@@ -41,6 +41,10 @@ class ModelConfig:
         output_mode: str, default "regions". ``regions``: 3 sigmoid channels
             (WT, TC, ET); ``labels``: softmax over background + 3 classes.
         l2: float, default 0.0. L2 weight decay on conv kernels (paper: 1e-5).
+        spatial_dims: int, default 3. 3: the paper's 3D network on volumes;
+            2: the same blocks in 2D, on axial slices.
+        attention_gates: bool, default False. Additive attention gates on the
+            skip connections (Oktay et al. 2018).
     """
 
     in_channels: int = 4
@@ -52,9 +56,13 @@ class ModelConfig:
     leaky_slope: float = 0.01
     output_mode: str = "regions"
     l2: float = 0.0
+    spatial_dims: int = 3
+    attention_gates: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "in_channels", "base_filters", "depth")
+        if self.spatial_dims not in (2, 3):
+            raise InputError(f"--spatial-dims must be 2 or 3, got {self.spatial_dims!r}")
         if not 1 <= self.segmentation_levels <= self.depth:
             raise InputError(
                 f"segmentation_levels must lie in 1..depth ({self.depth}), "
@@ -91,7 +99,8 @@ class TrainConfig:
         modalities: tuple of str. Input channel order (fixed, recorded).
         label_convention: str, default "brats2017".
         epochs, steps_per_epoch, batch_size: the schedule.
-        patch_size: (D, H, W) training patch, divisible by the model stride.
+        patch_size: (D, H, W) training patch ((H, W) axial slices for a 2D network),
+            divisible by the model stride.
         learning_rate, lr_decay: Adam's initial rate and per-epoch factor.
         loss: "dice" (weighted soft Dice) or "dice_ce" (plus (B)CE).
         val_fraction: share of cases held out; ignored when ``folds`` > 1.
@@ -131,7 +140,7 @@ class TrainConfig:
     epochs: int = 300
     steps_per_epoch: int = 100
     batch_size: int = 2
-    patch_size: tuple[int, int, int] = (128, 128, 128)
+    patch_size: tuple[int, ...] = (128, 128, 128)
     learning_rate: float = 5e-4
     lr_decay: float = 0.985
     loss: str = "dice"
@@ -164,8 +173,10 @@ class TrainConfig:
                 f"--freeze-encoder-epochs must be >= 0, got {self.freeze_encoder_epochs}")
         if self.freeze_encoder_epochs and not self.init_from:
             raise InputError("--freeze-encoder-epochs needs --init-from (a pretrained model)")
-        if len(self.patch_size) != 3 or any(int(p) <= 0 for p in self.patch_size):
-            raise InputError(f"--patch-size needs three positive sizes, got {self.patch_size}")
+        dims = self.model.spatial_dims
+        if len(self.patch_size) != dims or any(int(p) <= 0 for p in self.patch_size):
+            raise InputError(f"--patch-size needs {('two', 'three')[dims - 2]} positive sizes "
+                             f"for a {dims}D network, got {self.patch_size}")
         bad = [p for p in self.patch_size if p % self.model.stride]
         if bad:
             raise InputError(
@@ -189,6 +200,10 @@ class TrainConfig:
             resolve_convention(self.label_convention)
         except ValueError as err:
             raise InputError(f"label_convention: {err}") from None
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown or len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise InputError(f"--modalities {' '.join(self.modalities)}: give each of "
+                             f"{', '.join(MODALITIES)} at most once")
         if len(self.modalities) != self.model.in_channels:
             raise InputError(
                 f"{len(self.modalities)} modalities {list(self.modalities)} but the "
@@ -225,7 +240,6 @@ class TrainConfig:
         return TrainConfig.from_dict(merged, source="overrides")
 
     def save(self, path: str | Path) -> None:
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 

@@ -89,11 +89,11 @@ class LiteRTModel:
 
     Args:
         path: str or Path of the ``.tflite`` file (static input
-            `(1, D, H, W, C)`).
+            `(1, D, H, W, C)`, or `(1, H, W, C)` for a 2D network).
         threads: int, default 2. Interpreter (and XNNPACK) threads.
 
     Attributes:
-        window: (D, H, W) the only spatial size the model accepts.
+        window: (D, H, W), or (H, W) for a 2D network: the only size the model accepts.
         channels: int. Input channels C.
         out_channels: int. Output channels K.
         config: dict or None. The ``TrainConfig`` dict stored beside the file.
@@ -114,15 +114,16 @@ class LiteRTModel:
         self._input = self.interpreter.get_input_details()[0]
         self._output = self.interpreter.get_output_details()[0]
         shape = tuple(int(s) for s in self._input["shape"])
-        if len(shape) != 5 or shape[0] != 1:
-            raise InputError(f"{self.path}: expected an input (1, D, H, W, C), got {shape}")
-        self.window: tuple[int, int, int] = shape[1:4]
-        self.channels = shape[4]
+        if len(shape) not in (4, 5) or shape[0] != 1:
+            raise InputError(f"{self.path}: expected an input (1, D, H, W, C) or (1, H, W, C), "
+                             f"got {shape}")
+        self.window: tuple[int, ...] = shape[1:-1]  # (H, W) for a 2D network
+        self.channels = shape[-1]
         self.out_channels = int(self._output["shape"][-1])
         self.config = read_litert_config(self.path)
 
     def _invoke(self, volume: np.ndarray) -> np.ndarray:
-        """One window: float32 `(D, H, W, C)` -> float32 `(D, H, W, K)`."""
+        """One window: float32 `(D, H, W, C)` (or `(H, W, C)`) -> float32 `(..., K)`."""
         x = volume[None].astype(np.float32, copy=False)
         dtype = self._input["dtype"]
         if dtype != np.float32:  # integer input: quantize with the file's parameters
@@ -141,14 +142,15 @@ class LiteRTModel:
         """Probabilities of a batch of windows.
 
         Args:
-            batch: float32 `(B, D, H, W, C)` with (D, H, W) == ``window``.
+            batch: float32 `(B, *window, C)`: `(B, D, H, W, C)`, or `(B, H, W, C)` for
+                a 2D network.
 
         Returns:
-            float32 `(B, D, H, W, K)`.
+            float32 `(B, *window, K)`.
         """
         batch = np.asarray(batch)
-        if batch.ndim != 5 or tuple(batch.shape[1:4]) != self.window \
-                or batch.shape[4] != self.channels:
+        if batch.ndim != len(self.window) + 2 or tuple(batch.shape[1:-1]) != self.window \
+                or batch.shape[-1] != self.channels:
             raise ValueError(f"{self.path.name}: expected (B, {', '.join(map(str, self.window))}, "
                              f"{self.channels}), got {batch.shape}")
         return np.stack([self._invoke(v) for v in batch]).astype(np.float32, copy=False)

@@ -35,8 +35,9 @@ class Artifact:
     output_mode: str
     stride: int
     base_filters: int
-    patch_size: tuple[int, int, int]
+    patch_size: tuple[int, ...]  # (D, H, W), or (H, W) for a 2D network
     label_convention: str
+    spatial_dims: int = 3  # 2: a slice network, run axial slice by slice
     fixed_window: bool = False  # LiteRT files take exactly one window size
     precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
     postprocessing: PostProcessing | None = None  # the plan stored with the model file
@@ -84,7 +85,7 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(config.patch_size),
                        label_convention=config.label_convention, precision=precision,
-                       postprocessing=read_plan(path))
+                       spatial_dims=config.model.spatial_dims, postprocessing=read_plan(path))
 
 
 def with_precision(model, model_config, precision: str):
@@ -116,4 +117,5 @@ def _load_litert(path: Path, threads: int) -> Artifact:
                        modalities=tuple(config.modalities), output_mode=config.model.output_mode,
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(runner.window), label_convention=config.label_convention,
-                       fixed_window=True, precision="litert", postprocessing=read_plan(path))
+                       spatial_dims=len(runner.window), fixed_window=True, precision="litert",
+                       postprocessing=read_plan(path))

@@ -88,9 +88,9 @@ def settings_from_args(args: argparse.Namespace):
         raise InputError(f"--labels: {err}") from None
     patch = None
     if args.patch_size:
-        if len(args.patch_size) not in (1, 3) or min(args.patch_size) <= 0:
-            raise InputError("--patch-size takes one or three positive sizes")
-        patch = tuple(args.patch_size * 3 if len(args.patch_size) == 1 else args.patch_size)
+        if len(args.patch_size) not in (1, 2, 3) or min(args.patch_size) <= 0:
+            raise InputError("--patch-size takes one, two (a 2D network) or three positive sizes")
+        patch = tuple(args.patch_size)
     if args.et_threshold is not None and args.et_threshold < 0:
         raise InputError(f"--et-threshold must be >= 0, got {args.et_threshold}")
     if not 0 <= args.overlap < 1:

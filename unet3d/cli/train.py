@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from data_generators.errors import InputError
+from data_generators.labels import MODALITIES
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.shipped import DEFAULT_NAME
 from unet3d.config import TrainConfig, load_config_file
@@ -37,8 +38,10 @@ OVERRIDES = {
     "mixed_precision": "mixed_precision", "output_mode": "output_mode", "loss": "loss",
     "cache_dir": "cache_dir", "label_convention": "label_convention",
     "strategy": "strategy", "init_from": "init_from",
-    "freeze_encoder_epochs": "freeze_encoder_epochs",
+    "freeze_encoder_epochs": "freeze_encoder_epochs", "spatial_dims": "spatial_dims",
+    "attention_gates": "attention_gates",
 }
+DEFAULT_SLICE_PATCH = (192, 192)  # a 2D network's default: most of a cropped BraTS slice
 # taken from the --init-from model's own config unless --config sets them
 INHERITED = ("model", "patch_size", "modalities")
 
@@ -52,7 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--patch-size", type=int, nargs="+", metavar="N",
-                        help="one size for a cube or three sizes D H W")
+                        help="one size for every axis, or three sizes D H W (two, H W, for "
+                             "--spatial-dims 2; default 192 192 there)")
+    parser.add_argument("--spatial-dims", type=int, choices=(2, 3),
+                        help="3: the 3D network (default); 2: the same blocks in 2D, trained "
+                             "on axial slices and run slice by slice")
+    parser.add_argument("--attention-gates", action=argparse.BooleanOptionalAction,
+                        help="additive attention gates on the skip connections (Oktay et al. "
+                             "2018)")
+    parser.add_argument("--modalities", nargs="+", metavar="NAME",
+                        help=f"input sequences, in channel order (any of {', '.join(MODALITIES)};"
+                             " default all four)")
     parser.add_argument("--batch-size", type=int,
                         help="global batch, split evenly over the replicas")
     parser.add_argument("--base-filters", type=int)
@@ -100,11 +113,18 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     config = TrainConfig.from_dict(values, source=args.config or "config")
     changes = {field: getattr(args, opt) for opt, field in OVERRIDES.items()
                if getattr(args, opt) is not None}
+    dims = changes.get("spatial_dims", config.model.spatial_dims)
     if "patch_size" in changes:
         sizes = changes["patch_size"]
-        if len(sizes) not in (1, 3):
-            raise InputError(f"--patch-size takes one or three sizes, got {len(sizes)}")
-        changes["patch_size"] = tuple(sizes * 3 if len(sizes) == 1 else sizes)
+        if len(sizes) not in (1, dims):
+            raise InputError(f"--patch-size takes one or {dims} sizes for a {dims}D network, "
+                             f"got {len(sizes)}")
+        changes["patch_size"] = tuple(sizes * dims if len(sizes) == 1 else sizes)
+    elif len(config.patch_size) != dims and "patch_size" not in values:
+        changes["patch_size"] = DEFAULT_SLICE_PATCH if dims == 2 else (128, 128, 128)
+    if args.modalities:
+        changes["modalities"] = tuple(name.lower() for name in args.modalities)
+        changes["in_channels"] = len(args.modalities)
     if args.no_augment:
         changes["augment"] = False
     if args.precision:

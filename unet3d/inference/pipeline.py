@@ -38,7 +38,8 @@ class PredictSettings:
         labels: str, default "brats2017". Label convention of the written map.
         tta: bool, default False. Mirroring test-time augmentation.
         mode: str, default "auto". ``whole``, ``sliding`` or ``auto``.
-        patch_size: tuple of int or None. Sliding window; None: the model's
+        patch_size: tuple of int or None. Sliding window: one size for every axis,
+            or one per axis of the network (3, or 2 for a slice network); None: the model's
             training patch size.
         overlap: float, default 0.5.
         postprocess: bool, default True. False: no post-processing at all.
@@ -59,7 +60,7 @@ class PredictSettings:
     labels: str = "brats2017"
     tta: bool = False
     mode: str = "auto"
-    patch_size: tuple[int, int, int] | None = None
+    patch_size: tuple[int, ...] | None = None
     overlap: float = 0.5
     postprocess: bool = True
     et_min_voxels: int | None = None
@@ -146,6 +147,11 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
     loaded = time.perf_counter()
 
     patch_size = tuple(settings.patch_size or model.patch_size)
+    if len(patch_size) == 1:  # one size for every axis of the network
+        patch_size *= model.spatial_dims
+    if len(patch_size) != model.spatial_dims:
+        raise InputError(f"--patch-size {' '.join(map(str, patch_size))}: the {model.path.name} "
+                         f"network is {model.spatial_dims}D, give 1 or {model.spatial_dims} sizes")
     mode = settings.mode
     if model.fixed_window:
         if patch_size != tuple(model.patch_size):
@@ -154,7 +160,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         mode = "sliding"
     predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=patch_size,
                           overlap=settings.overlap, mode=mode, tta=settings.tta,
-                          base_filters=model.base_filters, max_memory_gb=settings.max_memory_gb)
+                          base_filters=model.base_filters, max_memory_gb=settings.max_memory_gb,
+                          spatial_dims=model.spatial_dims)
     mode = predictor.resolved_mode(cropped.shape)
     probs = predictor(cropped)
     classes = probabilities_to_classes(probs, model.output_mode)

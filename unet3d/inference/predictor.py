@@ -62,17 +62,19 @@ def sliding_window_steps(image_size: tuple[int, ...], patch_size: tuple[int, ...
     return tuple(steps)
 
 
-def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int = 1
+def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int | Sequence[int] = 1
            ) -> tuple[np.ndarray, tuple[slice, ...]]:
-    """Zero-pads the spatial axes of `(X, Y, Z, C)` to at least ``shape`` and a multiple.
+    """Zero-pads the spatial axes of `(X, Y, Z, C)` to at least ``shape`` and a multiple
+    (one for all axes, or one per axis).
 
     Padding is split evenly before and after. Returns the padded array and
     the slices that cut the original back out.
     """
+    multiples = (multiple,) * 3 if isinstance(multiple, int) else tuple(multiple)
     pads, region = [], []
-    for size, minimum in zip(image.shape[:3], shape, strict=True):
+    for size, minimum, step in zip(image.shape[:3], shape, multiples, strict=True):
         target = max(size, minimum)
-        target += -target % multiple
+        target += -target % step
         before = (target - size) // 2
         pads.append((before, target - size - before))
         region.append(slice(before, before + size))
@@ -80,7 +82,8 @@ def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int = 1
     return np.pad(image, pads), tuple(region)
 
 
-def predict_whole(predict_fn: PredictFn, image: np.ndarray, multiple: int) -> np.ndarray:
+def predict_whole(predict_fn: PredictFn, image: np.ndarray,
+                  multiple: int | Sequence[int]) -> np.ndarray:
     """The whole `(X, Y, Z, C)` volume in one pass, padded to ``multiple``."""
     padded, region = pad_to(image.astype(np.float32, copy=False), image.shape[:3], multiple)
     return predict_fn(padded[None])[0][region]
@@ -120,25 +123,48 @@ def predict_sliding(predict_fn: PredictFn, image: np.ndarray, patch_size: Sequen
     return (total / norm)[region]
 
 
-def mirror_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
-    """Mean of ``predict`` over the 8 combinations of flipping the three spatial axes.
+def slice_predict_fn(predict_fn: PredictFn, batch_slices: int = 16) -> PredictFn:
+    """A 2D network's ``predict_fn`` (`(B, H, W, C)` -> `(B, H, W, K)`) as a volume one:
+    `(B, X, Y, Z, C)` -> `(B, X, Y, Z, K)`, axial slice by slice, ``batch_slices`` slices
+    per call. Whole-volume, sliding-window and mirroring code then serve both networks."""
 
-    Eight passes, one at a time, summed in place into one buffer: the memory
+    def run(batch: np.ndarray) -> np.ndarray:
+        b, x, y, z, c = batch.shape
+        slices = np.moveaxis(batch, 3, 1).reshape(b * z, x, y, c)
+        size = min(batch_slices, b * z)
+        outs = []
+        for first in range(0, b * z, size):
+            chunk = slices[first:first + size]
+            if len(chunk) < size:  # the last chunk padded: one compiled graph for all
+                chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
+                                                        chunk.dtype)])
+            outs.append(predict_fn(np.ascontiguousarray(chunk)))
+        out = np.concatenate(outs)[: b * z]
+        return np.moveaxis(out.reshape(b, z, x, y, out.shape[-1]), 1, 3)
+
+    return run
+
+
+def mirror_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
+               axes: Sequence[int] = (0, 1, 2)) -> np.ndarray:
+    """Mean of ``predict`` over every combination of flipping ``axes`` (8 for three).
+
+    The passes run one at a time, summed in place into one buffer: the memory
     of about two passes (the running sum and the pass in flight).
     """
     result = None
-    for count in range(4):
-        for axes in itertools.combinations(range(3), count):
-            flipped = np.ascontiguousarray(np.flip(image, axes)) if axes else image
+    for count in range(len(axes) + 1):
+        for flips in itertools.combinations(tuple(axes), count):
+            flipped = np.ascontiguousarray(np.flip(image, flips)) if flips else image
             out = predict(flipped)
             del flipped
-            out = np.flip(out, axes) if axes else out
+            out = np.flip(out, flips) if flips else out
             if result is None:
                 result = np.array(out, dtype=np.float32)
             else:
                 result += out
             del out
-    result /= 8.0
+    result /= 2 ** len(axes)
     return result
 
 
@@ -149,26 +175,38 @@ class Predictor:
     Args:
         predict_fn: batch -> probabilities, see :func:`keras_predict_fn`.
         stride: int. The network's ``2**(depth - 1)``.
-        patch_size: tuple of 3 int. Sliding-window size.
+        patch_size: tuple of int. Sliding-window size (D, H, W), or (H, W) for 2D.
         overlap: float, default 0.5.
         mode: str, default "auto". ``whole``, ``sliding`` or ``auto`` (whole
             volume when its estimated memory, :mod:`unet3d.memory`, fits
             ``max_memory_gb`` and the machine).
-        tta: bool, default False. Average the 8 mirrorings.
+        tta: bool, default False. Average the 8 mirrorings (4 in-plane for 2D).
         base_filters: int, default 16. For the memory estimate.
         max_memory_gb: float, default 4.0.
         batch_size: int, default 1. Windows per network call.
+        spatial_dims: int, default 3. 2: ``predict_fn`` is a 2D network's and
+            ``patch_size`` is (H, W); volumes are segmented axial slice by slice
+            (:func:`slice_predict_fn`), padded in-plane only.
     """
 
     predict_fn: PredictFn
     stride: int
-    patch_size: tuple[int, int, int]
+    patch_size: tuple[int, ...]
     overlap: float = 0.5
     mode: str = "auto"
     tta: bool = False
     base_filters: int = 16
     max_memory_gb: float = 4.0
     batch_size: int = 1
+    spatial_dims: int = 3
+
+    @property
+    def _multiple(self) -> tuple[int, int, int]:
+        return (self.stride,) * 3 if self.spatial_dims == 3 else (self.stride, self.stride, 1)
+
+    @property
+    def _window(self) -> tuple[int, int, int]:
+        return tuple(self.patch_size) if self.spatial_dims == 3 else (*self.patch_size, 1)
 
     def resolved_mode(self, shape: Sequence[int]) -> str:
         """``whole`` or ``sliding`` for a volume of ``shape``; refuses what cannot fit.
@@ -176,8 +214,9 @@ class Predictor:
         Raises:
             InputError: the chosen way needs more memory than is available.
         """
-
-        padded = [s + (-s % self.stride) for s in shape[:3]]
+        padded = [s + (-s % m) for s, m in zip(shape[:3], self._multiple, strict=True)]
+        if self.spatial_dims == 2:  # slices go through the network 16 at a time
+            padded[2] = min(padded[2], 16)
         whole = inference_bytes(padded, self.base_filters)
         mode = self.mode
         if mode == "auto":
@@ -188,17 +227,18 @@ class Predictor:
                        "use --mode sliding (or auto)")
         else:
             window = "x".join(map(str, self.patch_size))
-            check_fits(inference_bytes(self.patch_size, self.base_filters, self.batch_size),
+            check_fits(inference_bytes(self._window, self.base_filters, self.batch_size),
                        f"a {window} sliding window", "lower --patch-size")
         return mode
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Probabilities `(X, Y, Z, K)` of a preprocessed `(X, Y, Z, C)` volume."""
+        fn = self.predict_fn if self.spatial_dims == 3 else slice_predict_fn(self.predict_fn)
         if self.resolved_mode(image.shape) == "whole":
             def once(img):
-                return predict_whole(self.predict_fn, img, self.stride)
+                return predict_whole(fn, img, self._multiple)
         else:
             def once(img):
-                return predict_sliding(self.predict_fn, img, self.patch_size, self.overlap,
-                                       self.batch_size)
-        return mirror_tta(once, image) if self.tta else once(image)
+                return predict_sliding(fn, img, self._window, self.overlap, self.batch_size)
+        axes = (0, 1, 2) if self.spatial_dims == 3 else (0, 1)
+        return mirror_tta(once, image, axes) if self.tta else once(image)

@@ -1,8 +1,9 @@
 """A trained Keras model's forward pass as a ``predict_fn``, compiled on every backend.
 
-A ``predict_fn`` maps a float32 batch `(B, D, H, W, C)` to float32
-probabilities `(B, D, H, W, K)`; Keras and LiteRT models both provide one, so
-inference (:mod:`unet3d.inference`) runs either through the same code.
+A ``predict_fn`` maps a float32 batch `(B, D, H, W, C)` (`(B, H, W, C)` for a
+2D network) to float32 probabilities `(B, D, H, W, K)` (`(B, H, W, K)`); Keras
+and LiteRT models both provide one, so inference (:mod:`unet3d.inference`)
+runs either through the same code.
 """
 
 from __future__ import annotations
@@ -61,13 +62,13 @@ def _tensorflow_predict_fn(model) -> PredictFn:
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(x, training=False), autograph=False)
-    graphs: dict[tuple[int, int], Callable] = {}
+    graphs: dict[tuple[int, int, int], Callable] = {}
 
     def run(batch: np.ndarray) -> np.ndarray:
-        key = (batch.shape[0], batch.shape[-1])
+        key = (batch.shape[0], batch.shape[-1], batch.ndim)
         graph = graphs.get(key)
-        if graph is None:  # open spatial sizes: one graph serves every volume
-            spec = tf.TensorSpec((key[0], None, None, None, key[1]), tf.float32)
+        if graph is None:  # open spatial sizes: one graph serves every volume (or slice)
+            spec = tf.TensorSpec((key[0],) + (None,) * (batch.ndim - 2) + (key[1],), tf.float32)
             graph = graphs[key] = forward.get_concrete_function(spec)
         out = graph(tf.convert_to_tensor(batch, dtype=tf.float32))
         return out.numpy().astype(np.float32, copy=False)

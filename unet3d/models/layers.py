@@ -2,7 +2,10 @@
 
 Each module is a function that adds standard, serialisable Keras layers to a
 functional graph, so saved models hold no custom code and load with
-``safe_mode=True``. Tensors are channels-last ``(B, D, H, W, C)``.
+``safe_mode=True``. Tensors are channels-last, ``(B, D, H, W, C)`` for the 3D
+network or ``(B, H, W, C)`` for its 2D form: every block takes its
+convolution and upsampling layers from the rank of its input, so one builder
+serves both.
 """
 
 from __future__ import annotations
@@ -14,7 +17,11 @@ from keras import layers
 NORM_EPSILON = 1e-5
 
 
-def conv3d(
+def _spatial_dims(x: keras.KerasTensor) -> int:
+    return len(x.shape) - 2
+
+
+def conv(
     x: keras.KerasTensor,
     filters: int,
     kernel_size: int = 3,
@@ -22,17 +29,18 @@ def conv3d(
     l2: float = 0.0,
     name: str | None = None,
 ) -> keras.KerasTensor:
-    """A 'same'-padded 3D convolution with He-normal initialisation.
+    """A 'same'-padded convolution (3D or 2D, as ``x``) with He-normal initialisation.
 
     Args:
-        x: KerasTensor `(B, D, H, W, C)`.
+        x: KerasTensor `(B, D, H, W, C)` or `(B, H, W, C)`.
         filters: int. Output channels.
         kernel_size: int, default 3.
         strides: int, default 1. 2 halves each spatial size.
         l2: float, default 0.0. L2 penalty on the kernel (off when 0).
         name: str or None.
     """
-    return layers.Conv3D(
+    layer = layers.Conv3D if _spatial_dims(x) == 3 else layers.Conv2D
+    return layer(
         filters,
         kernel_size,
         strides=strides,
@@ -41,6 +49,12 @@ def conv3d(
         kernel_regularizer=keras.regularizers.L2(l2) if l2 > 0 else None,
         name=name,
     )(x)
+
+
+def upsample(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
+    """x2 nearest-neighbour upsampling of every spatial axis."""
+    layer = layers.UpSampling3D if _spatial_dims(x) == 3 else layers.UpSampling2D
+    return layer(size=2, name=name)(x)
 
 
 def norm_act(
@@ -78,17 +92,17 @@ def context_module(
 
     Args:
         x: KerasTensor `(B, D, H, W, filters)`.
-        filters: int. Channels of both 3x3x3 convolutions.
+        filters: int. Channels of both 3x3(x3) convolutions.
         dropout: float, default 0.3.
-        norm, slope, l2: see :func:`norm_act` and :func:`conv3d`.
+        norm, slope, l2: see :func:`norm_act` and :func:`conv`.
         name: str. Prefix of the layer names.
     """
     y = norm_act(x, norm, slope, name=f"{name}_a")
-    y = conv3d(y, filters, l2=l2, name=f"{name}_a_conv")
+    y = conv(y, filters, l2=l2, name=f"{name}_a_conv")
     if dropout > 0:
         y = layers.Dropout(dropout, name=f"{name}_dropout")(y)
     y = norm_act(y, norm, slope, name=f"{name}_b")
-    y = conv3d(y, filters, l2=l2, name=f"{name}_b_conv")
+    y = conv(y, filters, l2=l2, name=f"{name}_b_conv")
     return layers.Add(name=f"{name}_sum")([x, y])
 
 
@@ -100,16 +114,16 @@ def upsampling_module(
     l2: float = 0.0,
     name: str = "upsampling",
 ) -> keras.KerasTensor:
-    """x2 nearest-neighbour upsampling then a 3x3x3 conv to ``filters`` (half).
+    """x2 nearest-neighbour upsampling then a 3x3(x3) conv to ``filters`` (half).
 
     Args:
         x: KerasTensor `(B, D, H, W, 2 * filters)`.
         filters: int. Output channels.
-        norm, slope, l2: see :func:`norm_act` and :func:`conv3d`.
+        norm, slope, l2: see :func:`norm_act` and :func:`conv`.
         name: str. Prefix of the layer names.
     """
-    y = layers.UpSampling3D(size=2, name=f"{name}_up")(x)
-    y = conv3d(y, filters, l2=l2, name=f"{name}_conv")
+    y = upsample(x, name=f"{name}_up")
+    y = conv(y, filters, l2=l2, name=f"{name}_conv")
     return norm_act(y, norm, slope, name=name)
 
 
@@ -121,15 +135,48 @@ def localization_module(
     l2: float = 0.0,
     name: str = "localization",
 ) -> keras.KerasTensor:
-    """A 3x3x3 conv then a 1x1x1 conv that halves the concatenated channels.
+    """A 3x3(x3) conv then a 1x1(x1) conv that halves the concatenated channels.
 
     Args:
         x: KerasTensor `(B, D, H, W, 2 * filters)` (skip and upsampled).
         filters: int. Output channels.
-        norm, slope, l2: see :func:`norm_act` and :func:`conv3d`.
+        norm, slope, l2: see :func:`norm_act` and :func:`conv`.
         name: str. Prefix of the layer names.
     """
-    y = conv3d(x, filters, l2=l2, name=f"{name}_conv3")
+    y = conv(x, filters, l2=l2, name=f"{name}_conv3")
     y = norm_act(y, norm, slope, name=f"{name}_a")
-    y = conv3d(y, filters, kernel_size=1, l2=l2, name=f"{name}_conv1")
+    y = conv(y, filters, kernel_size=1, l2=l2, name=f"{name}_conv1")
     return norm_act(y, norm, slope, name=f"{name}_b")
+
+
+def attention_gate(
+    skip: keras.KerasTensor,
+    gating: keras.KerasTensor,
+    filters: int,
+    name: str = "attention",
+) -> keras.KerasTensor:
+    """Additive attention gate on a skip connection (Oktay et al. 2018, arXiv:1804.03999).
+
+    The skip features are brought to the gating signal's (coarser) grid by a
+    stride-2 convolution, added to the gating signal's 1x1 projection, passed
+    through a ReLU and a 1x1 convolution to one channel whose sigmoid is the
+    attention coefficient; upsampled x2, it scales the skip features voxel by
+    voxel. Standard layers only, so the model still loads with ``safe_mode=True``.
+
+    Args:
+        skip: KerasTensor `(B, *S, C)`: the encoder's features at this level.
+        gating: KerasTensor `(B, *S/2, C')`: the decoder's features one level down.
+        filters: int. Channels of the intermediate sum.
+        name: str. Prefix of the layer names.
+
+    Returns:
+        ``skip`` weighted by the attention coefficients, same shape.
+    """
+    theta = conv(skip, filters, kernel_size=2, strides=2, name=f"{name}_skip")
+    phi = conv(gating, filters, kernel_size=1, name=f"{name}_gating")
+    joint = layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_sum")([theta, phi]))
+    coefficients = conv(joint, 1, kernel_size=1, name=f"{name}_psi")
+    coefficients = layers.Activation("sigmoid", name=f"{name}_sigmoid")(coefficients)
+    coefficients = upsample(coefficients, name=f"{name}_up")
+    # one coefficient per voxel, broadcast over the skip's channels
+    return layers.Multiply(name=f"{name}_gate")([skip, coefficients])

@@ -13,18 +13,22 @@ from keras import layers
 
 from unet3d.config import ModelConfig
 from unet3d.models.layers import (
+    attention_gate,
     context_module,
-    conv3d,
+    conv,
     localization_module,
     norm_act,
+    upsample,
     upsampling_module,
 )
 
 
 def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
                  spatial_shape: tuple[int, int, int] | None = None) -> keras.Model:
-    """Builds (never compiles) the 3D U-Net.
+    """Builds (never compiles) the 3D U-Net, or its 2D form (``config.spatial_dims``).
 
+    With ``config.attention_gates`` each skip connection passes an additive
+    attention gate (:func:`unet3d.models.layers.attention_gate`) first.
     Encoder: a 3x3x3 conv to ``base_filters``, then per level a stride-2
     3x3x3 conv doubling the filters (none at level 0), each followed by a
     context module and its residual sum. Decoder: per level an upsampling
@@ -37,7 +41,8 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
     Args:
         config: ModelConfig or None (the paper's defaults).
         name: str, default "isensee2017". The model's name.
-        spatial_shape: (D, H, W) or None (default: open, any divisible size).
+        spatial_shape: (D, H, W), (H, W) for a 2D network, or None (default: open,
+            any divisible size).
 
     Returns:
         keras.Model mapping `(B, D, H, W, in_channels)` to
@@ -46,15 +51,17 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
     """
     config = config or ModelConfig()
     kw = {"norm": config.norm, "slope": config.leaky_slope, "l2": config.l2}
-    spatial = tuple(spatial_shape) if spatial_shape else (None, None, None)
+    spatial = tuple(spatial_shape) if spatial_shape else (None,) * config.spatial_dims
+    if len(spatial) != config.spatial_dims:
+        raise ValueError(f"spatial_shape {spatial} has not {config.spatial_dims} sizes")
     inputs = keras.Input(shape=(*spatial, config.in_channels), name="image")
 
     skips = []
     x = inputs
     for level in range(config.depth):
         filters = config.base_filters * 2**level
-        x = conv3d(x, filters, strides=1 if level == 0 else 2, l2=config.l2,
-                   name=f"enc{level}_conv")
+        x = conv(x, filters, strides=1 if level == 0 else 2, l2=config.l2,
+                 name=f"enc{level}_conv")
         x = context_module(x, filters, dropout=config.dropout, name=f"enc{level}_context", **kw)
         if level < config.depth - 1:
             skips.append(norm_act(x, config.norm, config.leaky_slope, name=f"enc{level}_skip"))
@@ -62,19 +69,22 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
     segmentations = []
     for level in range(config.depth - 2, -1, -1):
         filters = config.base_filters * 2**level
+        skip = skips[level]
+        if config.attention_gates:  # gated by the decoder one level down
+            skip = attention_gate(skip, x, filters, name=f"dec{level}_attention")
         x = upsampling_module(x, filters, name=f"dec{level}_upsampling", **kw)
-        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+        x = layers.Concatenate(name=f"dec{level}_concat")([skip, x])
         x = localization_module(x, filters, name=f"dec{level}_localization", **kw)
         if level < config.segmentation_levels:
             segmentations.append(
-                conv3d(x, config.out_channels, kernel_size=1, l2=config.l2,
-                       name=f"dec{level}_segmentation")
+                conv(x, config.out_channels, kernel_size=1, l2=config.l2,
+                     name=f"dec{level}_segmentation")
             )
 
     # segmentations run from the coarsest supervised level to full resolution
     logits = segmentations[0]
     for index, seg in enumerate(segmentations[1:], start=1):
-        logits = layers.UpSampling3D(size=2, name=f"deep_supervision{index}_up")(logits)
+        logits = upsample(logits, name=f"deep_supervision{index}_up")
         logits = layers.Add(name=f"deep_supervision{index}_sum")([logits, seg])
 
     activation = "sigmoid" if config.output_mode == "regions" else "softmax"
@@ -83,7 +93,7 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
 
 
 def conv_flops(model: keras.Model) -> int:
-    """Floating-point operations (2 per multiply-add) of every Conv3D in one forward pass.
+    """Floating-point operations (2 per multiply-add) of every convolution in one forward pass.
 
     ``model`` must have a static spatial input shape (``build_unet3d(...,
     spatial_shape=...)``). Normalisation, activations and additions are left
@@ -91,8 +101,8 @@ def conv_flops(model: keras.Model) -> int:
     """
     total = 0
     for layer in model.layers:
-        if isinstance(layer, layers.Conv3D):
-            out_voxels = int(np.prod(layer.output.shape[1:4]))
+        if isinstance(layer, (layers.Conv2D, layers.Conv3D)):
+            out_voxels = int(np.prod(layer.output.shape[1:-1]))
             cin = layer.input.shape[-1]
             total += 2 * out_voxels * int(np.prod(layer.kernel_size)) * cin * layer.filters
     return total

@@ -94,18 +94,22 @@ class ValidationImage(keras.callbacks.Callback):
     Args:
         log_dir: str or Path. Summaries go to ``<log_dir>/images``.
         patch: tuple (x, y) of one validation patch, `(D, H, W, C)` and its
-            target `(D, H, W, K)`, with or without a batch axis of 1.
+            target `(D, H, W, K)` (or a slice, `(H, W, C)`), with or without a
+            batch axis of 1.
         output_mode: str. How to turn predictions into regions.
         channel: int, default -1. The modality shown (FLAIR by default).
+        spatial_dims: int, default 3. 2: the patch is a slice.
     """
 
-    def __init__(self, log_dir, patch, output_mode: str = "regions", channel: int = -1):
+    def __init__(self, log_dir, patch, output_mode: str = "regions", channel: int = -1,
+                 spatial_dims: int = 3):
         super().__init__()
         self.log_dir = Path(log_dir)
         x, y = patch
-        # a single patch `(D, H, W, C)` gets its batch axis
-        self.x = x[None] if x.ndim == 4 else x
-        self.y = y[None] if y.ndim == 4 else y
+        # a single patch `(D, H, W, C)` (or slice `(H, W, C)`) gets its batch axis
+        self.x = x[None] if x.ndim == spatial_dims + 1 else x
+        self.y = y[None] if y.ndim == spatial_dims + 1 else y
+        self.spatial_dims = spatial_dims
         self.output_mode = output_mode
         self.channel = channel
         self._writer = None
@@ -116,9 +120,12 @@ class ValidationImage(keras.callbacks.Callback):
         pred = self.model(self.x, training=False)
         pred = keras.ops.convert_to_numpy(predicted_regions(pred, self.output_mode))[0]
         true = keras.ops.convert_to_numpy(target_regions(self.y, self.output_mode))[0]
+        x = self.x
+        if self.spatial_dims == 2:  # a slice is a volume of depth 1
+            pred, true, x = pred[:, :, None], true[:, :, None], x[:, :, :, None]
         z = int(np.argmax(true[..., 0].sum(axis=(0, 1)))) if true[..., 0].any() \
             else true.shape[2] // 2
-        image = self.x[0, :, :, z, self.channel]
+        image = x[0, :, :, z, self.channel]
         panels = [overlay(image, np.zeros_like(true[:, :, z])),
                   overlay(image, true[:, :, z]), overlay(image, pred[:, :, z])]
         picture = np.concatenate(panels, axis=1)

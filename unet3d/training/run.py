@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from data_generators.augmentation import AugmentationConfig
 from data_generators.dataset import (
@@ -38,15 +37,11 @@ from data_generators.fileio import (
     remove_stale_temporaries,
 )
 from data_generators.io import check_data_folder, find_cases
-from data_generators.labels import REGIONS, classes_to_regions
 from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.artifacts.keras_file import load_model
 from unet3d.config import TrainConfig
-from unet3d.evaluation.scores import region_dice
-from unet3d.inference.predictor import predict_whole
 from unet3d.memory import check_fits, training_bytes
-from unet3d.models.forward import keras_predict_fn
 from unet3d.models.losses import make_loss
 from unet3d.models.metrics import region_metrics
 from unet3d.models.unet import build_unet3d
@@ -76,6 +71,7 @@ from unet3d.training.finetune import (
 )
 from unet3d.training.hparams import region_means, write_trial
 from unet3d.training.summaries import EpochScalars
+from unet3d.training.validation import evaluate_volumes
 
 
 @dataclass
@@ -253,21 +249,6 @@ def truncate_log(path: Path, epochs: int) -> None:
     atomic_write_text(path, "".join(lines[:1 + epochs]))
 
 
-def evaluate_volumes(model, cases, stride: int, output_mode: str) -> dict[str, dict[str, float]]:
-    """Dice per region of whole preprocessed volumes: ``{case_id: {"WT": ..}}``."""
-    scores = {}
-    predict_fn = keras_predict_fn(model)
-    for case in cases:
-        probs = predict_whole(predict_fn, np.asarray(case.image), stride)
-        if output_mode == "regions":
-            pred = probs > 0.5
-        else:
-            pred = classes_to_regions(np.argmax(probs, axis=-1)).astype(bool)
-        truth = classes_to_regions(np.asarray(case.label)).astype(bool)
-        scores[case.case_id] = dict(zip(REGIONS, region_dice(pred, truth), strict=True))
-    return scores
-
-
 def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
          init_source=None) -> TrainResult:
     with output_dir(run_dir, dist) as write_dir:
@@ -339,8 +320,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         checkpoint,
     ]
     if val_data is not None:
-        callbacks.insert(-1, ValidationImage(tensorboard_dir, val_data.patch(0),
-                                             output_mode=mode))
+        callbacks.insert(-1, ValidationImage(tensorboard_dir, val_data.patch(0), output_mode=mode,
+                                             spatial_dims=config.model.spatial_dims))
     if config.freeze_encoder_epochs:  # before the checkpoint, which saves at epoch end
         callbacks.insert(0, FreezeEncoder(config.freeze_encoder_epochs))
     verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
@@ -377,7 +358,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     val_dice = {}
     if val_cases:
         best = load_model(run_dir / "best.keras")
-        per_case = evaluate_volumes(best, val_cases, config.model.stride, mode)
+        per_case = evaluate_volumes(best, val_cases, config.model.stride, mode,
+                                    config.model.spatial_dims)
         atomic_write_text(run_dir / "validation.json", json.dumps(per_case, indent=2) + "\n")
         val_dice = region_means(per_case)
         log("validation Dice, whole volumes of {} cases (best.keras, epoch {}): "
