@@ -27,14 +27,16 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parses the command line (see ``--help``)."""
     parser = _Parser(prog=PROG, description="Export a trained 3D U-Net to LiteRT (.tflite) "
-                     "with its 3D convolutions lowered to 2D ones (XNNPACK, int8).")
+                     "with its 3D convolutions lowered to 2D ones (XNNPACK, int8); a 2D "
+                     "(slice) network exports as it is.")
     parser.add_argument("model", type=Path, help="trained .keras model")
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32",
                         help="fp32; fp16 weights; int8 weights and activations (default fp32)")
     parser.add_argument("--out", type=Path, required=True, help="output .tflite file")
     parser.add_argument("--window", type=int, nargs="+", metavar="N",
-                        help="static input size D H W, or one N for all three (default: the "
-                        "training patch size); divisible by the model stride")
+                        help="static input size D H W (H W for a 2D network), or one N for "
+                        "every axis (default: the training patch size); divisible by the "
+                        "model stride")
     parser.add_argument("--calibration-data", type=Path, default=None, metavar="DIR",
                         help="BraTS folder of case folders to draw calibration patches from "
                         "(default: the run's training cases)")

@@ -13,6 +13,8 @@ from data_generators.errors import InputError
 from data_generators.fileio import atomic_path
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
+from unet3d.artifacts.loader import with_precision
+from unet3d.config import TrainConfig
 from unet3d.export import calibration as calib
 from unet3d.export.lowering import lower_model
 from unet3d.models.forward import keras_predict_fn
@@ -24,23 +26,49 @@ DEFAULT_CALIBRATION_PATCHES = 8
 
 
 def model_stride(model) -> int:
-    """2 ** (number of stride-2 Conv3D layers): spatial sizes must be multiples of it."""
-    strided = [layer for layer in model.layers if type(layer).__name__ == "Conv3D"
-               and tuple(layer.get_config()["strides"]) != (1, 1, 1)]
+    """2 ** (number of stride-2 encoder convolutions): spatial sizes must be multiples of it.
+    (An attention gate's strided convolution works on a grid the encoder already halved.)"""
+    strided = [layer for layer in model.layers if type(layer).__name__ in ("Conv2D", "Conv3D")
+               and set(layer.get_config()["strides"]) != {1} and "attention" not in layer.name]
     return 2 ** len(strided)
 
 
-def check_window(window: Sequence[int] | int, stride: int) -> tuple[int, int, int]:
-    """Validates a window: 1 or 3 positive sizes, each divisible by ``stride``.
+def model_dims(model) -> int:
+    """3 for the 3D network, 2 for its slice form."""
+    return len(model.inputs[0].shape) - 2
+
+
+def slice_function(model, window: tuple[int, int], config: dict[str, Any] | None):
+    """A 2D network as a concrete ``tf.function`` for one window `(1, H, W, C)`, in float32
+    (a mixed-precision model is rebuilt: its bf16/fp16 ops would become Flex ops)."""
+    import tensorflow as tf
+
+    if model.dtype_policy.name != "float32":
+        if not config:
+            raise InputError(f"model {model.name}: a mixed-precision model needs its training "
+                             "config to be rebuilt in float32 for export")
+        model = with_precision(model, TrainConfig.from_dict(config).model, "fp32")
+    channels = int(model.inputs[0].shape[-1])
+
+    @tf.function(input_signature=[tf.TensorSpec((1, *window, channels), tf.float32,
+                                                name="image")], autograph=False)
+    def forward(image: tf.Tensor) -> tf.Tensor:
+        return model(image, training=False)
+
+    return forward.get_concrete_function()
+
+
+def check_window(window: Sequence[int] | int, stride: int, dims: int = 3) -> tuple[int, ...]:
+    """Validates a window: 1 or ``dims`` positive sizes, each divisible by ``stride``.
 
     Raises:
         InputError: naming ``--window``.
     """
     values = [window] if isinstance(window, (int, np.integer)) else list(window)
     if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or any(int(v) <= 0 for v in values):
-        raise InputError(f"--window needs 1 or 3 positive sizes, got {values}")
+        values = values * dims
+    if len(values) != dims or any(int(v) <= 0 for v in values):
+        raise InputError(f"--window needs 1 or {dims} positive sizes, got {values}")
     window = tuple(int(v) for v in values)
     if any(v % stride for v in window):
         raise InputError(f"--window {'x'.join(map(str, window))} is not divisible by the "
@@ -132,7 +160,7 @@ def _calibration(calibration, calibration_data, count, model_path, config, windo
         patches = []
         for patch in calibration:
             patch = np.asarray(patch, dtype=np.float32)
-            if patch.ndim == 4:
+            if patch.ndim == len(window) + 1:
                 patch = patch[None]
             if patch.shape != (1, *window, channels):
                 raise InputError(f"calibration patch of shape {patch.shape}, expected "
@@ -175,9 +203,10 @@ def export_litert(
 ) -> dict[str, Any]:
     """Exports a trained U-Net to a LiteRT ``.tflite`` file with a JSON report beside it.
 
-    The model is lowered to 4D ops (:func:`unet3d.export.lowering.lower_model`)
-    for one static window, converted, checked for forbidden ops (``CONV_3D``,
-    Flex) and compared with the Keras model on the calibration patches.
+    A 3D model is lowered to 4D ops (:func:`unet3d.export.lowering.lower_model`)
+    for one static window (a 2D one needs no lowering: :func:`slice_function`),
+    converted, checked for forbidden ops (``CONV_3D``, Flex) and compared with
+    the Keras model on the calibration patches.
     ``out_path`` and ``<out_path>.json`` are written atomically; nothing is
     left behind on error.
 
@@ -187,8 +216,9 @@ def export_litert(
         out_path: str or Path of the ``.tflite`` file.
         precision: ``fp32``, ``fp16`` (fp16 weights) or ``int8`` (full integer
             weights and activations, float32 input/output).
-        window: (D, H, W), one size for all axes, or None: the config's
-            training ``patch_size``. Must be divisible by the model stride.
+        window: (D, H, W) ((H, W) for a 2D network), one size for all axes, or
+            None: the config's training ``patch_size``. Must be divisible by the
+            model stride.
         calibration: float32 patches `(1, D, H, W, C)` or `(D, H, W, C)`, or
             None: drawn from ``calibration_data``, else from the run's training
             cases (``split.json`` beside the model), else (fp32/fp16 only)
@@ -236,13 +266,15 @@ def export_litert(
         if not config or not config.get("patch_size"):
             raise InputError("--window is needed: the model has no training config")
         window = config["patch_size"]
-    window = check_window(window, model_stride(model))
+    window = check_window(window, model_stride(model), model_dims(model))
     channels = int(model.inputs[0].shape[-1])
     patches, source = _calibration(calibration, calibration_data, calibration_patches,
                                    model_path, config, window, channels, precision)
 
-    lowered = lower_model(model, window)
-    content = convert(lowered, precision, patches)
+    # 3D convolutions are lowered to 2D ones; a 2D network runs in LiteRT as it is
+    graph = lower_model(model, window) if len(window) == 3 else slice_function(model, window,
+                                                                                 config)
+    content = convert(graph, precision, patches)
     ops = op_names(content)
     bad = [name for name in ops if name in FORBIDDEN_OPS or name.startswith("Flex")]
     if bad:  # a lowering bug, not bad input
