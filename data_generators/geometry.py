@@ -30,7 +30,8 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from data_generators.errors import InputError
-from data_generators.io import CaseFiles, load_case
+from data_generators.io import CaseFiles
+from data_generators.layouts import LggCase, load_any_case
 
 MODEL_AXES = ("L", "P", "S")  # BraTS' voxel axes
 MODEL_SPACING_MM = 1.0
@@ -155,9 +156,10 @@ def plan_geometry(shape: tuple[int, ...], affine: np.ndarray, path: str | Path) 
                     oblique_degrees=oblique)
 
 
-def load_case_for_model(case: CaseFiles, label_convention: str = "brats2017"
+def load_case_for_model(case: CaseFiles | LggCase, label_convention: str = "brats2017"
                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], Geometry]:
-    """:func:`data_generators.io.load_case`, brought to the model's space.
+    """:func:`data_generators.io.load_case` (or a Kaggle LGG patient,
+    :mod:`data_generators.layouts`), brought to the model's space.
 
     Returns:
         ``image`` and ``label`` on the model's grid, the input's ``properties``
@@ -168,7 +170,7 @@ def load_case_for_model(case: CaseFiles, label_convention: str = "brats2017"
     Raises:
         InputError: as :func:`load_case`, or a grid :func:`plan_geometry` refuses.
     """
-    image, label, properties = load_case(case, label_convention)
+    image, label, properties = load_any_case(case, label_convention)
     geometry = plan_geometry(properties["original_shape"], np.asarray(properties["affine"]),
                              case.images[0])
     image = geometry.image_to_model(image)

@@ -20,6 +20,7 @@ import keras
 from data_generators.errors import InputError
 from data_generators.fileio import ensure_writable_dir, exclusive_lock, remove_stale_temporaries
 from data_generators.labels import resolve_convention
+from data_generators.lgg import find_lgg_patient, is_lgg_patient
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import evaluate_folder, format_summary
@@ -76,9 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def is_case_folder(path: Path) -> bool:
-    """A case folder holds NIfTI files itself; a dataset folder holds case folders."""
-    return any(p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
-               for p in path.iterdir())
+    """A case folder holds NIfTI files (or a Kaggle LGG patient's TIF slices) itself; a
+    dataset folder holds case folders."""
+    return is_lgg_patient(path) or any(p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
+                                       for p in path.iterdir())
 
 
 def settings_from_args(args: argparse.Namespace):
@@ -144,22 +146,26 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
         failures, done, skipped = {}, 0, 0
         bar = keras.utils.Progbar(len(cases), unit_name="case")
         for index, case_dir in enumerate(cases, start=1):
-            paths = output_paths(out, case_dir.name, settings)
-            if not settings.overwrite and is_complete(paths):
-                skipped += 1
-            else:
-                try:
+            try:
+                slices = find_lgg_patient(case_dir).slices if is_lgg_patient(case_dir) else ()
+                if not settings.overwrite and is_complete(
+                        output_paths(out, case_dir.name, settings, slices)):
+                    skipped += 1
+                else:
                     predict_case(case_dir, out, model, settings)
                     done += 1
-                except InputError as err:
-                    failures[case_dir.name] = str(err)
+            except InputError as err:
+                failures[case_dir.name] = str(err)
             bar.update(index)
         print(f"{done} segmented, {skipped} already done (--overwrite to redo), "
               f"{len(failures)} failed; outputs in {out}")
         for name, reason in failures.items():
             print(f"failed: {name}: {reason}", file=sys.stderr)
 
-    if args.gt:
+    if args.gt and is_lgg_patient(next((p for p in source.iterdir() if p.is_dir()), source)):
+        print("--gt: Kaggle LGG masks beside the slices are scored in each report "
+              "(dice_wt_vs_masks); --gt is for BraTS label maps", file=sys.stderr)
+    elif args.gt:
         rows, summary = evaluate_folder(out, args.gt, csv_path=out / "evaluation.csv",
                                         convention=settings.labels, overwrite=True)
         print(format_summary(summary, len(rows)))

@@ -18,7 +18,7 @@ import numpy as np
 
 from data_generators.dataset import ValidationPatchDataset
 from data_generators.errors import InputError
-from data_generators.io import find_cases
+from data_generators.layouts import find_any_cases
 from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.config import MODALITIES, TrainConfig
@@ -58,7 +58,7 @@ def draw_patches(
     modalities = tuple(config.get("modalities") or MODALITIES)
     convention = config.get("label_convention", "brats2017")
     output_mode = (config.get("model") or {}).get("output_mode", "regions")
-    cases = find_cases(data_dir, modalities)
+    cases = find_any_cases(data_dir, modalities)
     if case_ids is not None:
         wanted = set(case_ids)
         cases = [c for c in cases if c.case_id in wanted]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
 from data_generators.geometry import load_case_for_model
-from data_generators.io import find_case, save_segmentation
+from data_generators.io import save_segmentation
 from data_generators.labels import (
     REGIONS,
     classes_to_labels,
@@ -21,8 +22,11 @@ from data_generators.labels import (
     regions_to_classes,
     resolve_convention,
 )
+from data_generators.layouts import LggCase, find_any_case
+from data_generators.lgg import save_lgg_predictions
 from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
+from unet3d.evaluation.scores import dice
 from unet3d.inference.predictor import Predictor
 from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
 from unet3d.postprocessing import PostProcessing
@@ -94,10 +98,15 @@ def resolve_plan(stored: PostProcessing | None, settings: PredictSettings
     return plan, source
 
 
-def output_paths(out_dir: Path, case_id: str, settings: PredictSettings) -> dict[str, Path]:
-    """Every file written for one case, keyed by kind."""
-    paths = {"segmentation": out_dir / f"{case_id}{NIFTI_SUFFIX}",
-             "report": out_dir / f"{case_id}.json"}
+def output_paths(out_dir: Path, case_id: str, settings: PredictSettings,
+                 tif_slices: Sequence[Path] = ()) -> dict[str, Path]:
+    """Every file written for one case, keyed by kind. For a Kaggle LGG patient
+    (``tif_slices``, its image slices) ``segmentation`` is the last slice's
+    ``<patient>_<n>_pred.tif``, written after the others."""
+    segmentation = out_dir / f"{case_id}{NIFTI_SUFFIX}"
+    if tif_slices:
+        segmentation = out_dir / f"{Path(tif_slices[-1]).stem}_pred.tif"
+    paths = {"segmentation": segmentation, "report": out_dir / f"{case_id}.json"}
     if settings.preview:
         paths["preview"] = out_dir / f"{case_id}_preview.png"
     if settings.mesh:
@@ -129,13 +138,18 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    case = find_case(Path(case_dir), modalities=model.modalities, require_label=False)
-    paths = output_paths(out_dir, case.case_id, settings)
+    case = find_any_case(Path(case_dir), modalities=model.modalities, require_label=False)
+    lgg = isinstance(case, LggCase)  # Kaggle LGG TIF slices: TIF masks out, one per slice
+    if lgg and model.spatial_dims != 2:
+        raise InputError(f"{case_dir}: Kaggle LGG slices need a 2D network, not "
+                         f"{model.path.name}")
+    paths = output_paths(out_dir, case.case_id, settings, case.patient.slices if lgg else ())
     # the report is written last: a case with it and its segmentation is complete; the
     # outputs of a case without them were left by an interrupted run, and are replaced
     if is_complete(paths) and not settings.overwrite:
         raise InputError(f"{paths['segmentation']}: exists; pass --overwrite to replace it")
-    image, _, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
+    image, truth, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
+    truth = truth if lgg else None  # a BraTS folder's segmentation is scored by --gt
     try:
         cropped, _, box = preprocess_case(image, None)
     except ValueError as err:
@@ -173,7 +187,10 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
 
     labels = classes_to_labels(full, resolve_convention(settings.labels))
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_segmentation(labels, properties, paths["segmentation"])
+    if lgg:
+        save_lgg_predictions(full, case.patient, out_dir)
+    else:
+        save_segmentation(labels, properties, paths["segmentation"])
     if settings.preview:
         preview_montage(preview_image, in_model_space, paths["preview"])  # axial: LPS z
     if settings.mesh:
@@ -192,6 +209,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         "spacing_mm": properties["spacing"],
         "geometry": properties["geometry"],
         "volumes": region_volumes(full, properties["spacing"]),
+        **({"dice_wt_vs_masks": dice(full > 0, geometry.labels_from_model(truth) > 0)}
+           if truth is not None else {}),
         **changes,
         "postprocessing": {"largest_component": plan.largest_component,
                            "min_component_voxels": plan.min_component_voxels,

@@ -36,7 +36,8 @@ from data_generators.fileio import (
     exclusive_lock,
     remove_stale_temporaries,
 )
-from data_generators.io import check_data_folder, find_cases
+from data_generators.io import check_data_folder
+from data_generators.layouts import LggCase, find_any_cases
 from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.artifacts.keras_file import load_model
@@ -198,7 +199,10 @@ def _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source) -> 
 
     cache_root = Path(config.cache_dir) if config.cache_dir else default_cache_root()
     data_dir = resolve_data(config, cache_root, log=log)
-    cases = find_cases(data_dir, modalities=config.modalities, require_label=True)
+    cases = find_any_cases(data_dir, modalities=config.modalities, require_label=True)
+    if isinstance(cases[0], LggCase) and config.model.spatial_dims == 3:
+        raise InputError(f"--data {data_dir}: Kaggle LGG slices; train a 2D network on them "
+                         "(--spatial-dims 2)")
     by_id = {case.case_id: case for case in cases}
     if resume and (run_dir / "split.json").is_file():
         split = json.loads((run_dir / "split.json").read_text())

@@ -1,0 +1,384 @@
+"""Reading and writing the Kaggle "LGG MRI segmentation" dataset (Buda et al.).
+
+Layout (``mateuszbuda/lgg-mri-segmentation``, folder ``kaggle_3m``)::
+
+    <root>/
+      data.csv, README.md                      other files in the root are ignored
+      TCGA_CS_4941_19960909/
+        TCGA_CS_4941_19960909_1.tif            256x256 RGB uint8 slice 1
+        TCGA_CS_4941_19960909_1_mask.tif       256x256 uint8 mask, 0 or 255
+        TCGA_CS_4941_19960909_2.tif            ... slice numbers are not zero-padded
+        ...
+
+The three channels of a slice are pre-contrast T1 (``t1``), FLAIR (``flair``)
+and post-contrast T1 (``t1ce``), in that order (:data:`LGG_MODALITIES`). The
+mask marks the FLAIR abnormality; it is loaded as class 2 (edema, see
+:data:`data_generators.labels.CLASSES`), so that the whole-tumor region equals
+the mask. Volumes are returned channels-last, ``(H, W, N, C)``, with the
+slices stacked along axis 2 in slice-number order.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_path
+from data_generators.io import check_data_folder
+
+# the channel order of the RGB slices
+LGG_MODALITIES: tuple[str, ...] = ("t1", "flair", "t1ce")
+LGG_FORMAT = "kaggle-lgg-tif"
+EDEMA_CLASS = 2  # index of "edema" in data_generators.labels.CLASSES
+_MASK_THRESHOLD = 127
+_TIF_ERRORS = (tifffile.TiffFileError, OSError, ValueError, EOFError, struct.error, KeyError,
+               IndexError)
+_SLICE_NUMBER = re.compile(r"_(\d+)\.tiff?$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LggPatient:
+    """The files of one patient.
+
+    Args:
+        patient_id: str. The patient folder's name, e.g. ``TCGA_CS_4941_19960909``.
+        slices: tuple of Path. The image slices ``<patient>_<n>.tif``, sorted by ``n``.
+        masks: tuple of Path or None. The matching ``<patient>_<n>_mask.tif``,
+            None where a slice has no mask.
+    """
+
+    patient_id: str
+    slices: tuple[Path, ...]
+    masks: tuple[Path | None, ...]
+
+
+def _slice_pattern(name: str, mask: bool) -> re.Pattern[str]:
+    tail = "_mask" if mask else ""
+    return re.compile(rf"^{re.escape(name)}_(\d+){tail}\.tiff?$", re.IGNORECASE)
+
+
+def _numbered(folder: Path, mask: bool) -> dict[int, list[Path]]:
+    """Slice number -> the image (or mask) files of ``folder`` carrying it."""
+    pattern = _slice_pattern(folder.name, mask)
+    found: dict[int, list[Path]] = {}
+    for path in folder.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_file():
+            found.setdefault(int(match.group(1)), []).append(path)
+    return found
+
+
+def is_lgg_patient(folder: str | Path) -> bool:
+    """True when ``folder`` is a folder holding ``<folder name>_<n>.tif`` image slices.
+
+    Args:
+        folder: the candidate patient folder.
+
+    Returns:
+        Whether it holds at least one image slice; mask files alone do not count.
+    """
+    folder = Path(folder)
+    return folder.is_dir() and bool(_numbered(folder, mask=False))
+
+
+def is_lgg_root(root: str | Path) -> bool:
+    """True when ``root`` holds at least one LGG patient folder (:func:`is_lgg_patient`).
+
+    Args:
+        root: the candidate dataset folder.
+
+    Returns:
+        Whether any subfolder holds ``<subfolder>_<n>.tif`` image slices.
+    """
+    root = Path(root)
+    return root.is_dir() and any(is_lgg_patient(sub) for sub in root.iterdir())
+
+
+def find_lgg_patient(folder: str | Path, require_masks: bool = False) -> LggPatient:
+    """Finds the slices and masks of one patient folder.
+
+    Image slices are ``<folder name>_<n>.tif``, masks ``<folder name>_<n>_mask.tif``
+    (``.tiff`` and any letter case are accepted too); other files are ignored,
+    and so are masks without an image slice.
+
+    Args:
+        folder: the patient folder.
+        require_masks: raise if a slice has no mask.
+
+    Returns:
+        The patient's files, slices sorted by slice number.
+
+    Raises:
+        InputError: missing folder, no image slices, two files with the same
+            slice number, or (``require_masks``) a missing mask, named by its path.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: patient folder not found")
+    images = _numbered(folder, mask=False)
+    if not images:
+        raise InputError(f"{folder}: no image slices ({folder.name}_<n>.tif)")
+    masks = _numbered(folder, mask=True)
+    for number, paths in (*images.items(), *masks.items()):
+        if len(paths) > 1:
+            shown = ", ".join(sorted(p.name for p in paths))
+            raise InputError(f"{folder}: several files for slice {number} ({shown})")
+    numbers = sorted(images)
+    found_masks = tuple(masks[n][0] if n in masks else None for n in numbers)
+    if require_masks:
+        for number, mask in zip(numbers, found_masks, strict=True):
+            if mask is None:
+                raise InputError(f"{folder / f'{folder.name}_{number}_mask.tif'}: mask not "
+                                 f"found for slice {images[number][0].name}")
+    return LggPatient(patient_id=folder.name, slices=tuple(images[n][0] for n in numbers),
+                      masks=found_masks)
+
+
+def find_lgg_patients(root: str | Path, require_masks: bool = True) -> list[LggPatient]:
+    """Finds every patient of an LGG dataset folder.
+
+    Args:
+        root: folder whose subfolders hold one patient each; files in it, and
+            subfolders without image slices, are ignored.
+        require_masks: raise for a slice without a mask.
+
+    Returns:
+        The patients, sorted by ``patient_id``.
+
+    Raises:
+        InputError: ``root`` missing, not a folder, holding no patient, or a bad patient.
+    """
+    root = check_data_folder(root)
+    patients = [find_lgg_patient(sub, require_masks) for sub in sorted(root.iterdir())
+                if is_lgg_patient(sub)]
+    if not patients:
+        raise InputError(f"{root}: no patient folders with <patient>_<n>.tif slices found")
+    return sorted(patients, key=lambda p: p.patient_id)
+
+
+def _read_tif(path: Path) -> np.ndarray:
+    """The image of a TIFF file; InputError naming ``path`` if it cannot be read."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return np.asarray(tifffile.imread(path))
+    except _TIF_ERRORS as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: not a readable TIFF file ({detail})") from None
+
+
+def _tif_shape(path: Path) -> tuple[int, ...]:
+    """The shape of a TIFF file's first page, read from its header only."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(int(s) for s in tif.pages[0].shape)
+    except _TIF_ERRORS as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"{path}: not a readable TIFF file ({detail})") from None
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _channels(modalities: Sequence[str]) -> list[int]:
+    unknown = [m for m in modalities if m not in LGG_MODALITIES]
+    if unknown or not modalities:
+        raise InputError(f"LGG modalities {list(modalities)}: choose from "
+                         f"{', '.join(LGG_MODALITIES)} (the channels of the RGB slices)")
+    return [LGG_MODALITIES.index(m) for m in modalities]
+
+
+def load_lgg_patient(
+    patient: LggPatient, modalities: Sequence[str] = LGG_MODALITIES
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Loads a patient's slices as one volume, and its masks as class indices.
+
+    Args:
+        patient: the files, from :func:`find_lgg_patient`.
+        modalities: which channels, in the order wanted, from :data:`LGG_MODALITIES`.
+
+    Returns:
+        ``image`` float32 ``(H, W, N, C)``, slice ``k`` of the patient at
+        ``[:, :, k]``; ``label`` uint8 ``(H, W, N)``, 2 (edema) where the mask
+        is above 127 and 0 elsewhere, or None when no slice has a mask; and
+        JSON-serialisable properties: ``case_id``, ``original_shape``
+        ``[H, W, N]``, ``slices``, ``masks``, ``modalities``, ``format``.
+
+    Raises:
+        InputError: unknown modality, unreadable TIFF, a slice that is not
+            ``HxWx3`` or not the size of the first slice, non-finite values, a
+            mask that is not ``HxW`` or not its slice's size, or masks for
+            some slices but not others (naming the first missing one).
+    """
+    channels = _channels(modalities)
+    if not patient.slices or len(patient.masks) != len(patient.slices):
+        raise InputError(f"{patient.patient_id}: {len(patient.slices)} slices but "
+                         f"{len(patient.masks)} mask entries")
+    has_masks = [m is not None for m in patient.masks]
+    if any(has_masks) and not all(has_masks):
+        missing = Path(patient.slices[has_masks.index(False)])
+        raise InputError(f"{missing.with_name(missing.stem + '_mask.tif')}: mask not found for "
+                         f"slice {missing.name}, while other slices of {patient.patient_id} "
+                         "have one")
+    image = label = None
+    first = Path(patient.slices[0])
+    for k, (slice_path, mask_path) in enumerate(zip(patient.slices, patient.masks, strict=True)):
+        slice_path = Path(slice_path)
+        data = _read_tif(slice_path)
+        if data.ndim != 3 or data.shape[2] != 3:
+            raise InputError(f"{slice_path}: shape {_shape_text(data.shape)}, expected an "
+                             "HxWx3 RGB slice")
+        if image is None:
+            height, width = data.shape[:2]
+            image = np.empty((height, width, len(patient.slices), len(channels)), np.float32)
+        elif data.shape[:2] != (height, width):
+            raise InputError(f"{slice_path}: size {_shape_text(data.shape[:2])} differs from "
+                             f"{first.name} ({height}x{width})")
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            raise InputError(f"{slice_path}: contains NaN or infinite values")
+        image[:, :, k, :] = data[:, :, channels]
+        if mask_path is not None:
+            mask_path = Path(mask_path)
+            mask = _read_tif(mask_path)
+            if mask.ndim == 3 and mask.shape[2] == 1:
+                mask = mask[:, :, 0]
+            if mask.ndim != 2:
+                raise InputError(f"{mask_path}: shape {_shape_text(mask.shape)}, expected an "
+                                 "HxW single-channel mask")
+            if mask.shape != (height, width):
+                raise InputError(f"{mask_path}: size {_shape_text(mask.shape)} differs from its "
+                                 f"slice {slice_path.name} ({height}x{width})")
+            if label is None:
+                label = np.zeros(image.shape[:3], np.uint8)
+            label[:, :, k] = np.where(mask > _MASK_THRESHOLD, EDEMA_CLASS, 0)
+    assert image is not None
+    properties = {
+        "case_id": patient.patient_id,
+        "original_shape": [int(s) for s in image.shape[:3]],
+        "slices": [str(p) for p in patient.slices],
+        "masks": [None if m is None else str(m) for m in patient.masks],
+        "modalities": list(modalities),
+        "format": LGG_FORMAT,
+    }
+    return image, label, properties
+
+
+def slice_number(path: str | Path) -> int:
+    """The slice number ``n`` of ``<patient>_<n>.tif``.
+
+    Raises:
+        InputError: the name does not end in ``_<n>.tif``.
+    """
+    match = _SLICE_NUMBER.search(Path(path).name)
+    if match is None:
+        raise InputError(f"{path}: not an LGG slice name (<patient>_<n>.tif)")
+    return int(match.group(1))
+
+
+def save_lgg_predictions(classes: np.ndarray, patient: LggPatient,
+                         out_dir: str | Path) -> list[Path]:
+    """Writes one whole-tumor mask per slice, in the dataset's own mask format.
+
+    Args:
+        classes: ``(H, W, N)`` class indices, ``N`` the patient's slice count.
+        patient: the patient the prediction is for.
+        out_dir: folder for ``<patient>_<n>_pred.tif`` (uint8, 255 where
+            ``classes > 0``, 0 elsewhere); each file is written atomically.
+
+    Returns:
+        The files written, in slice order.
+
+    Raises:
+        ValueError: ``classes`` is not 3D, has another slice count, or another
+            ``H x W`` than a slice (the message names the slice).
+        InputError: a slice of ``patient`` cannot be read.
+        OutputError: the storage refused a write.
+    """
+    classes = np.asarray(classes)
+    if classes.ndim != 3 or classes.shape[2] != len(patient.slices):
+        raise ValueError(f"{patient.patient_id}: prediction shape {_shape_text(classes.shape)}, "
+                         f"expected HxWx{len(patient.slices)} (one plane per slice)")
+    out_dir = Path(out_dir)
+    written = []
+    for k, slice_path in enumerate(patient.slices):
+        shape = _tif_shape(Path(slice_path))[:2]
+        if classes.shape[:2] != shape:
+            raise ValueError(f"{slice_path}: slice is {_shape_text(shape)}, prediction plane is "
+                             f"{_shape_text(classes.shape[:2])}")
+        plane = np.where(classes[:, :, k] > 0, 255, 0).astype(np.uint8)
+        path = out_dir / f"{patient.patient_id}_{slice_number(slice_path)}_pred.tif"
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, plane, photometric="minisblack")
+        written.append(path)
+    return written
+
+
+def write_synthetic_lgg(root: str | Path, patients: int = 3, slices: int = 6, size: int = 64,
+                        seed: int = 0) -> list[Path]:
+    """Writes a small dataset in the Kaggle LGG layout and format, for tests and demos.
+
+    Each slice is an RGB uint8 TIFF: an elliptic "brain" on a black background,
+    with different intensities per channel. On the middle slices a bright blob
+    in the FLAIR channel marks the "tumor", and the slice's mask (uint8, 255
+    on the blob, 0 elsewhere) matches it exactly; the other slices have an
+    all-zero mask. Patients are named ``TCGA_SY_<nnnn>_20000101``.
+
+    Args:
+        root: the dataset folder; created if needed.
+        patients: int, default 3. Number of patient folders.
+        slices: int, default 6. Slices per patient.
+        size: int, default 64. Slice height and width.
+        seed: int, default 0. The same seed writes the same files.
+
+    Returns:
+        The patient folders, sorted.
+
+    Raises:
+        ValueError: ``patients`` or ``slices`` below 1, or ``size`` below 16.
+    """
+    if patients < 1 or slices < 1 or size < 16:
+        raise ValueError(f"need patients >= 1, slices >= 1, size >= 16; got {patients}, "
+                         f"{slices}, {size}")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    centre = (size - 1) / 2.0
+    brain = ((yy - centre) / (0.42 * size)) ** 2 + ((xx - centre) / (0.36 * size)) ** 2 <= 1.0
+    tumor_slices = range(slices // 3, slices - slices // 3) if slices > 2 else range(slices)
+    folders = []
+    for index in range(patients):
+        patient_id = f"TCGA_SY_{index + 1:04d}_20000101"
+        folder = root / patient_id
+        levels = np.array([120.0, 100.0, 90.0]) + rng.uniform(-10.0, 10.0, 3)
+        cy, cx = centre + rng.uniform(-0.1, 0.1, 2) * size
+        radius = rng.uniform(0.10, 0.16) * size
+        for k in range(slices):
+            rgb = (levels + rng.normal(0.0, 6.0, (size, size, 3))) * brain[:, :, None]
+            mask = np.zeros((size, size), np.uint8)
+            if k in tumor_slices:
+                # the blob shrinks away from the middle tumor slice
+                offset = abs(k - (tumor_slices.start + tumor_slices.stop - 1) / 2.0)
+                r = radius * (1.0 - 0.25 * offset / max(len(tumor_slices), 1))
+                blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                rgb[blob, 1] = 220.0 + rng.normal(0.0, 5.0, int(blob.sum()))  # FLAIR
+                rgb[blob, 0] *= 0.8  # a little darker on T1
+                mask[blob] = 255
+            stem = f"{patient_id}_{k + 1}"
+            with atomic_path(folder / f"{stem}.tif") as tmp:
+                tifffile.imwrite(tmp, np.clip(np.rint(rgb), 0, 255).astype(np.uint8),
+                                 photometric="rgb")
+            with atomic_path(folder / f"{stem}_mask.tif") as tmp:
+                tifffile.imwrite(tmp, mask, photometric="minisblack")
+        folders.append(folder)
+    return sorted(folders)
