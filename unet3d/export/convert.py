@@ -13,8 +13,6 @@ from data_generators.errors import InputError
 from data_generators.fileio import atomic_path
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
-from unet3d.artifacts.loader import with_precision
-from unet3d.config import TrainConfig
 from unet3d.export import calibration as calib
 from unet3d.export.lowering import lower_model
 from unet3d.models.forward import keras_predict_fn
@@ -36,26 +34,6 @@ def model_stride(model) -> int:
 def model_dims(model) -> int:
     """3 for the 3D network, 2 for its slice form."""
     return len(model.inputs[0].shape) - 2
-
-
-def slice_function(model, window: tuple[int, int], config: dict[str, Any] | None):
-    """A 2D network as a concrete ``tf.function`` for one window `(1, H, W, C)`, in float32
-    (a mixed-precision model is rebuilt: its bf16/fp16 ops would become Flex ops)."""
-    import tensorflow as tf
-
-    if model.dtype_policy.name != "float32":
-        if not config:
-            raise InputError(f"model {model.name}: a mixed-precision model needs its training "
-                             "config to be rebuilt in float32 for export")
-        model = with_precision(model, TrainConfig.from_dict(config).model, "fp32")
-    channels = int(model.inputs[0].shape[-1])
-
-    @tf.function(input_signature=[tf.TensorSpec((1, *window, channels), tf.float32,
-                                                name="image")], autograph=False)
-    def forward(image: tf.Tensor) -> tf.Tensor:
-        return model(image, training=False)
-
-    return forward.get_concrete_function()
 
 
 def check_window(window: Sequence[int] | int, stride: int, dims: int = 3) -> tuple[int, ...]:
@@ -204,9 +182,9 @@ def export_litert(
     """Exports a trained U-Net to a LiteRT ``.tflite`` file with a JSON report beside it.
 
     A 3D model is lowered to 4D ops (:func:`unet3d.export.lowering.lower_model`)
-    for one static window (a 2D one needs no lowering: :func:`slice_function`),
-    converted, checked for forbidden ops (``CONV_3D``, Flex) and compared with
-    the Keras model on the calibration patches.
+    for one static window (a 2D one maps to them layer for layer), converted,
+    checked for forbidden ops (``CONV_3D``, Flex) and compared with the Keras
+    model on the calibration patches.
     ``out_path`` and ``<out_path>.json`` are written atomically; nothing is
     left behind on error.
 
@@ -271,10 +249,7 @@ def export_litert(
     patches, source = _calibration(calibration, calibration_data, calibration_patches,
                                    model_path, config, window, channels, precision)
 
-    # 3D convolutions are lowered to 2D ones; a 2D network runs in LiteRT as it is
-    graph = lower_model(model, window) if len(window) == 3 else slice_function(model, window,
-                                                                                 config)
-    content = convert(graph, precision, patches)
+    content = convert(lower_model(model, window), precision, patches)
     ops = op_names(content)
     bad = [name for name in ops if name in FORBIDDEN_OPS or name.startswith("Flex")]
     if bad:  # a lowering bug, not bad input

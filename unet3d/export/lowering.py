@@ -1,4 +1,4 @@
-"""Lowering the 3D U-Net to 4D ops that LiteRT's XNNPACK delegate and int8 cover.
+"""Lowering the 3D U-Net (and its 2D form) to 4D ops that LiteRT's XNNPACK and int8 cover.
 
 LiteRT runs ``CONV_3D`` with a float32-only reference kernel that XNNPACK does
 not accelerate and quantization leaves in float32. This module rebuilds a
@@ -19,7 +19,11 @@ whose tensors are 4D with depth folded into the batch axis: a volume
   height axis followed by a ``RESHAPE`` that interleaves the copies.
 
 Every op is a LiteRT builtin with XNNPACK and int8 kernels: no ``CONV_3D``,
-no Flex ops, no 5D tensors inside the graph.
+no Flex ops, no 5D tensors inside the graph. A 2D (slice) network's tensors
+are `(1, H, W, C)`: its ``Conv2D`` and ``UpSampling2D`` map to ``CONV_2D`` and
+``RESIZE_NEAREST_NEIGHBOR`` directly, and instance norm is the same three
+``MEAN`` ops (Keras' own ``GroupNormalization`` graph would convert to dozens
+of reshapes and tiles).
 """
 
 from __future__ import annotations
@@ -181,9 +185,10 @@ def lower_layer(layer) -> Callable[[list[tf.Tensor]], tf.Tensor]:
     """The folded-layout function of one Keras layer.
 
     Args:
-        layer: a keras layer of the kinds the U-Net uses (Conv3D,
+        layer: a keras layer of the kinds the U-Net uses (Conv3D or Conv2D,
             GroupNormalization, LeakyReLU, Dropout, Add, Concatenate,
-            UpSampling3D, Activation).
+            UpSampling3D or UpSampling2D, Activation, and an attention
+            gate's ReLU and Multiply).
 
     Returns:
         A function of the layer's input tensors (folded `(D, H, W, C)`).
@@ -207,6 +212,34 @@ def lower_layer(layer) -> Callable[[list[tf.Tensor]], tf.Tensor]:
         if activation not in ("linear", None):
             raise InputError(f"layer {layer.name}: fused activation {activation!r} unsupported")
         return lambda xs: conv3d_as_conv2d(xs[0], kernel, bias, stride)
+    if kind == "Conv2D":  # a 2D network's layers see `(1, H, W, C)`: LiteRT's own CONV_2D
+        if config["padding"] != "same" or tuple(config["dilation_rate"]) != (1, 1) \
+                or config.get("groups", 1) != 1 or len(set(config["strides"])) != 1 \
+                or config.get("activation", "linear") not in ("linear", None):
+            raise InputError(f"layer {layer.name}: only 'same', undilated, ungrouped Conv2D "
+                             "without a fused activation can be exported")
+        weights = _weights(layer)
+        kernel = tf.constant(weights[0])
+        bias = tf.constant(weights[1]) if config["use_bias"] else None
+        stride = int(config["strides"][0])
+
+        def conv2d(xs):
+            y = tf.nn.conv2d(xs[0], kernel, strides=stride, padding="SAME")
+            return y if bias is None else tf.nn.bias_add(y, bias)
+        return conv2d
+    if kind == "UpSampling2D":
+        if tuple(config["size"]) != (2, 2) or config.get("interpolation") != "nearest":
+            raise InputError(f"layer {layer.name}: only UpSampling2D(size=2) can be exported")
+        return lambda xs: tf.raw_ops.ResizeNearestNeighbor(
+            images=xs[0], size=[2 * int(xs[0].shape[1]), 2 * int(xs[0].shape[2])],
+            align_corners=False, half_pixel_centers=False)
+    if kind == "Multiply":  # an attention gate: coefficients `(.., 1)` broadcast over channels
+        return lambda xs: xs[0] * xs[1]
+    if kind == "ReLU":
+        if config.get("max_value") is not None or config.get("negative_slope", 0) \
+                or config.get("threshold", 0):
+            raise InputError(f"layer {layer.name}: only a plain ReLU can be exported")
+        return lambda xs: tf.nn.relu(xs[0])
     if kind == "GroupNormalization":
         weights = _weights(layer)
         channels = weights[0].shape[0] if weights else -1
@@ -269,8 +302,9 @@ def _graph(model) -> list[tuple[object, list[int], list[int]]]:
     return order
 
 
-def lower_model(model, window: tuple[int, int, int]) -> tf.types.experimental.ConcreteFunction:
-    """Rebuilds a Keras U-Net as a 4D TF computation for one fixed window.
+def lower_model(model, window: tuple[int, ...]) -> tf.types.experimental.ConcreteFunction:
+    """Rebuilds a Keras U-Net (3D, or its 2D slice form) as a 4D TF computation for one
+    fixed window (D, H, W) or (H, W).
 
     Walks the functional graph (any depth, filters or output mode), reads
     every layer's weights as float32 (so mixed-precision models export a
@@ -295,10 +329,13 @@ def lower_model(model, window: tuple[int, int, int]) -> tf.types.experimental.Co
     order = [(layer, lower_layer(layer), ins, outs) for layer, ins, outs in _graph(model)]
     input_id, output_id = id(model.inputs[0]), id(model.outputs[0])
 
+    # a volume `(1, D, H, W, C)` folds to `(D, H, W, C)`; a 2D network's slice stays 4D
+    folded = [*window, channels] if len(window) == 3 else [1, *window, channels]
+
     @tf.function(input_signature=[tf.TensorSpec((1, *window, channels), tf.float32,
                                                 name="image")], autograph=False)
     def lowered(image: tf.Tensor) -> tf.Tensor:
-        values = {input_id: tf.reshape(image, [*window, channels])}
+        values = {input_id: tf.reshape(image, folded)}
         for _, fn, ins, outs in order:
             values[outs[0]] = fn([values[i] for i in ins])
         out = values[output_id]
