@@ -65,22 +65,21 @@ class Geometry:
     def reoriented(self) -> bool:
         return tuple(self.axes) != MODEL_AXES
 
+    def _in_model_order(self, values):
+        """Per-axis ``values`` of the input, in the model's axis order."""
+        out = [values[0]] * 3
+        for source, target in enumerate(self._to_model[:, 0].astype(int)):
+            out[target] = values[source]
+        return tuple(out)
+
     @property
     def oriented_shape(self) -> tuple[int, int, int]:
         """The shape once reoriented, before resampling."""
-        order = self._to_model[:, 0].astype(int)
-        shape = [0, 0, 0]
-        for source, target in enumerate(order):
-            shape[target] = self.shape[source]
-        return tuple(shape)
+        return self._in_model_order(self.shape)
 
     @property
     def oriented_spacing(self) -> tuple[float, float, float]:
-        order = self._to_model[:, 0].astype(int)
-        spacing = [0.0, 0.0, 0.0]
-        for source, target in enumerate(order):
-            spacing[target] = self.spacing_mm[source]
-        return tuple(spacing)
+        return self._in_model_order(self.spacing_mm)
 
     @property
     def resampled(self) -> bool:

@@ -86,6 +86,15 @@ def one_line(err: str, *needles: str) -> None:
         assert needle in lines[0], (needle, lines[0])
 
 
+def tiny_config(tmp_path: Path, **values) -> Path:
+    """A one-epoch training config of a tiny network, written to ``tmp_path``."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({
+        "model": {"base_filters": 2, "depth": 2, "segmentation_levels": 1}, "epochs": 1,
+        "batch_size": 1, "patch_size": [16, 16, 16], "workers": 1, **values}))
+    return path
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("disk_full")
@@ -118,12 +127,8 @@ def test_prediction_on_a_full_disk_keeps_the_previous_outputs(data, tmp_path):
 
 @pytest.mark.slow
 def test_training_checkpoint_on_a_full_disk_keeps_the_last_one(data, tmp_path):
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({
-        "model": {"base_filters": 2, "depth": 2, "segmentation_levels": 1}, "epochs": 1,
-        "steps_per_epoch": 2, "batch_size": 1, "patch_size": [16, 16, 16],
-        "val_patches_per_case": 1, "val_fraction": 0.34, "workers": 1, "seed": 0,
-        "cache_dir": str(tmp_path / "cache")}))
+    cfg = tiny_config(tmp_path, steps_per_epoch=2, val_patches_per_case=1, val_fraction=0.34,
+                      seed=0, cache_dir=str(tmp_path / "cache"))
     run = tmp_path / "run"
     train = [sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--data", str(data)]
     done = subprocess.run([*train, "--out", str(run)], capture_output=True, text=True,
@@ -146,10 +151,7 @@ def test_training_checkpoint_on_a_full_disk_keeps_the_last_one(data, tmp_path):
 
 @pytest.mark.slow
 def test_preprocessing_cache_on_a_full_disk_is_one_line(data, tmp_path):
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({
-        "model": {"base_filters": 2, "depth": 2, "segmentation_levels": 1}, "epochs": 1,
-        "steps_per_epoch": 1, "batch_size": 1, "patch_size": [16, 16, 16], "workers": 1}))
+    cfg = tiny_config(tmp_path, steps_per_epoch=1)
     rc, err, after = on_full_disk(
         tmp_path, [sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--data",
                    str(data), "--out", str(tmp_path / "run"), "--cache-dir",
