@@ -117,12 +117,17 @@ def volume_mean(x: tf.Tensor) -> tf.Tensor:
     digits (8e-4 off TF on an untrained 96^3 model), three short sums do not
     (1e-5).
 
+    A 2D network's slice `(1, H, W, C)` (a few ten thousand pixels) takes one
+    ``MEAN`` over axes 1 and 2: fewer ops, hence a smaller file.
+
     Args:
         x: float32 `(D, H, W, C)`.
 
     Returns:
         float32 `(1, 1, 1, C)`.
     """
+    if int(x.shape[0]) == 1:
+        return tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     for axis in (2, 1, 0):
         x = tf.reduce_mean(x, axis=axis, keepdims=True)
     return x
