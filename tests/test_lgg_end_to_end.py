@@ -1,0 +1,74 @@
+"""A 2D network trained on, and predicting, files in the Kaggle LGG layout (generated:
+the dataset itself is not reachable here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+import unet3d.cli.predict as predict_cli
+from data_generators.errors import InputError
+from data_generators.lgg import find_lgg_patients, write_synthetic_lgg
+from unet3d.artifacts.keras_file import load_model
+from unet3d.config import ModelConfig, TrainConfig
+from unet3d.training.run import train
+
+PATIENTS, SLICES, SIZE = 4, 6, 64
+
+
+@pytest.fixture(scope="module")
+def lgg_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lgg")
+    write_synthetic_lgg(root / "data", patients=PATIENTS, slices=SLICES, size=SIZE, seed=1)
+    config = TrainConfig(data=str(root / "data"), out=str(root / "run"),
+                         cache_dir=str(root / "cache"),
+                         model=ModelConfig(base_filters=4, depth=3, dropout=0.0, in_channels=3,
+                                           spatial_dims=2),
+                         modalities=("t1", "flair", "t1ce"), epochs=2, steps_per_epoch=3,
+                         batch_size=4, patch_size=(32, 32), learning_rate=0.01,
+                         val_fraction=0.25, val_patches_per_case=2, workers=1, seed=0)
+    train(config, log=lambda *_: None)
+    return root
+
+
+@pytest.mark.slow
+def test_lgg_training_and_prediction_write_tif_masks(lgg_run, tmp_path, capsys):
+    model = lgg_run / "run" / "best.keras"
+    assert load_model(model).input_shape == (None, None, None, 3)  # 2D, three sequences
+    out = tmp_path / "preds"
+    code = predict_cli.main(["--model", str(model), "--input", str(lgg_run / "data"),
+                             "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    for patient in find_lgg_patients(lgg_run / "data"):
+        written = sorted(out.glob(f"{patient.patient_id}_*_pred.tif"))
+        assert len(written) == SLICES
+        prediction, truth = [], []
+        for index, mask in enumerate(patient.masks, start=1):
+            pred = tifffile.imread(out / f"{patient.patient_id}_{index}_pred.tif")
+            assert pred.shape == (SIZE, SIZE) and pred.dtype == np.uint8
+            assert set(np.unique(pred)) <= {0, 255}
+            prediction.append(pred > 0)
+            truth.append(tifffile.imread(mask) > 127)
+        prediction, truth = np.stack(prediction), np.stack(truth)
+        both = prediction.sum() + truth.sum()
+        expected = 2 * (prediction & truth).sum() / both if both else 1.0
+        report = json.loads((out / f"{patient.patient_id}.json").read_text())
+        assert report["dice_wt_vs_masks"] == pytest.approx(expected, abs=1e-9)
+    # a second run finds every patient done
+    capsys.readouterr()
+    assert predict_cli.main(["--model", str(model), "--input", str(lgg_run / "data"),
+                             "--out", str(out)]) == 0
+    assert f"0 segmented, {PATIENTS} already done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_3d_network_is_refused_on_lgg_slices(lgg_run, tmp_path, capsys):
+    config = TrainConfig(data=str(lgg_run / "data"), out=str(tmp_path / "run"),
+                         model=ModelConfig(base_filters=2, depth=2, segmentation_levels=1,
+                                           in_channels=3),
+                         modalities=("t1", "flair", "t1ce"), patch_size=(16, 16, 16))
+    with pytest.raises(InputError, match="train a 2D network on them"):
+        train(config, log=lambda *_: None)
