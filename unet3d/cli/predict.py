@@ -127,7 +127,10 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
     precision = resolve_precision(args.precision)
     model = load_artifact(args.model, threads=settings.threads, precision=precision)
     if settings.patch_size and any(p % model.stride for p in settings.patch_size):
-        raise InputError(f"--patch-size {settings.patch_size} is not divisible by the "
+        sizes = settings.patch_size
+        if len(sizes) == 1:  # one size for every axis of the network
+            sizes = sizes * model.spatial_dims
+        raise InputError(f"--patch-size {sizes} is not divisible by the "
                          f"network's stride {model.stride}")
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
     plan, plan_source = resolve_plan(model.postprocessing, settings)

@@ -117,7 +117,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if "patch_size" in changes:
         sizes = changes["patch_size"]
         if len(sizes) not in (1, dims):
-            raise InputError(f"--patch-size takes one or {dims} sizes for a {dims}D network, "
+            count = {2: "two", 3: "three"}[dims]
+            raise InputError(f"--patch-size takes one or {count} sizes for a {dims}D network, "
                              f"got {len(sizes)}")
         changes["patch_size"] = tuple(sizes * dims if len(sizes) == 1 else sizes)
     elif len(config.patch_size) != dims and "patch_size" not in values:
