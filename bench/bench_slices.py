@@ -8,7 +8,7 @@ LiteRT files (XNNPACK, ``--threads``, default 2) exported from it with
 Prints milliseconds per slice (median of ``--reps``), file sizes and the
 ratios to Keras.
 
-    python bench/bench_slices.py --model models/brats_unet2d_tiny.keras
+    python bench/bench_slices.py --model models/brats_unet2d_edge.keras
     python bench/bench_slices.py --model runs/slice2d/best.keras --reps 50 --threads 1
 """
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     model = load_artifact(args.model, precision=resolve_precision(args.precision))
     predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
-                          base_filters=model.base_filters)
+                          base_filters=model.base_filters, spatial_dims=model.spatial_dims)
     class_maps, truths = {}, {}
     for case_id in args.cases:
         case = find_case(Path(args.data) / case_id, modalities=model.modalities,
