@@ -286,6 +286,11 @@ def slice_number(path: str | Path) -> int:
     return int(match.group(1))
 
 
+def prediction_path(out_dir: str | Path, patient_id: str, slice_path: str | Path) -> Path:
+    """``<out_dir>/<patient>_<n>_pred.tif`` for one image slice (``n`` as a plain number)."""
+    return Path(out_dir) / f"{patient_id}_{slice_number(slice_path)}_pred.tif"
+
+
 def save_lgg_predictions(classes: np.ndarray, patient: LggPatient,
                          out_dir: str | Path) -> list[Path]:
     """Writes one whole-tumor mask per slice, in the dataset's own mask format.
@@ -317,7 +322,7 @@ def save_lgg_predictions(classes: np.ndarray, patient: LggPatient,
             raise ValueError(f"{slice_path}: slice is {_shape_text(shape)}, prediction plane is "
                              f"{_shape_text(classes.shape[:2])}")
         plane = np.where(classes[:, :, k] > 0, 255, 0).astype(np.uint8)
-        path = out_dir / f"{patient.patient_id}_{slice_number(slice_path)}_pred.tif"
+        path = prediction_path(out_dir, patient.patient_id, slice_path)
         with atomic_path(path) as tmp:
             tifffile.imwrite(tmp, plane, photometric="minisblack")
         written.append(path)

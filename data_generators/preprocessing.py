@@ -163,12 +163,17 @@ def _fingerprint(case: CaseFiles, label_convention: str) -> dict[str, Any]:
     for path in files:
         stat = Path(path).stat()
         entries.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    return {
+    fingerprint = {
         "version": PREPROCESSING_VERSION,
         "label_convention": resolve_convention(label_convention),
         "files": entries,
         "has_label": case.label is not None,
     }
+    # an LGG patient's files are the same whichever channels are read: name them
+    channels = getattr(case, "modalities", None)
+    if channels is not None:
+        fingerprint["channels"] = list(channels)
+    return fingerprint
 
 
 def file_digest(path: Path, chunk: int = 1 << 24) -> dict[str, int]:

@@ -65,6 +65,28 @@ def test_lgg_training_and_prediction_write_tif_masks(lgg_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_zero_padded_slice_names_are_found_done_on_a_re_run(lgg_run, tmp_path, capsys):
+    """Slices named <patient>_03.tif: masks are written as <patient>_3_pred.tif, and the
+    re-run must recognise that name rather than segment the patient again."""
+    source = find_lgg_patients(lgg_run / "data")[0]
+    patient = tmp_path / "data" / source.patient_id
+    patient.mkdir(parents=True)
+    for index, (image, mask) in enumerate(zip(source.slices, source.masks, strict=True), 1):
+        (patient / f"{source.patient_id}_0{index}.tif").write_bytes(image.read_bytes())
+        (patient / f"{source.patient_id}_0{index}_mask.tif").write_bytes(mask.read_bytes())
+    args = ["--model", str(lgg_run / "run" / "best.keras"), "--input", str(patient.parent),
+            "--out", str(tmp_path / "preds")]
+    assert predict_cli.main(args) == 0, capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "preds").glob("*_pred.tif"))
+    assert names == sorted(f"{source.patient_id}_{i}_pred.tif" for i in range(1, SLICES + 1))
+    report = json.loads((tmp_path / "preds" / f"{source.patient_id}.json").read_text())
+    assert report["segmentation"].endswith(f"{source.patient_id}_{SLICES}_pred.tif")
+    capsys.readouterr()
+    assert predict_cli.main(args) == 0
+    assert "0 segmented, 1 already done" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_a_3d_network_is_refused_on_lgg_slices(lgg_run, tmp_path, capsys):
     config = TrainConfig(data=str(lgg_run / "data"), out=str(tmp_path / "run"),
                          model=ModelConfig(base_filters=2, depth=2, segmentation_levels=1,

@@ -344,3 +344,19 @@ def test_hand_built_patient_dataclass_is_accepted(tmp_path):
     patient = LggPatient(PID, (folder / f"{PID}_1.tif", folder / f"{PID}_2.tif"), (None, None))
     image, label, _ = load_lgg_patient(patient, ("t1ce",))
     assert label is None and [float(v) for v in image[0, 0, :, 0]] == [201.0, 202.0]
+
+
+def test_cache_is_rebuilt_when_other_channels_are_read(tmp_path):
+    """The patient's files are the same for any --modalities: the cache must not reuse them."""
+    from data_generators.layouts import find_any_case
+    from data_generators.preprocessing import PreprocessedCache
+
+    folder = write_synthetic_lgg(tmp_path / "lgg", patients=1, slices=6, size=32, seed=1)[0]
+    cache = PreprocessedCache(tmp_path / "cache")
+    first = np.array(cache.get(find_any_case(folder, ("t1", "flair", "t1ce"))).image)
+    swapped = np.array(cache.get(find_any_case(folder, ("t1ce", "t1", "flair"))).image)
+    assert cache.builds == 2
+    assert np.array_equal(swapped, first[..., [2, 0, 1]])
+    assert not np.array_equal(swapped, first)
+    again = np.array(cache.get(find_any_case(folder, ("t1ce", "t1", "flair"))).image)
+    assert cache.builds == 2 and np.array_equal(again, swapped)

@@ -23,7 +23,7 @@ from data_generators.labels import (
     resolve_convention,
 )
 from data_generators.layouts import LggCase, find_any_case
-from data_generators.lgg import save_lgg_predictions
+from data_generators.lgg import prediction_path, save_lgg_predictions
 from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
 from unet3d.evaluation.scores import dice
@@ -105,7 +105,7 @@ def output_paths(out_dir: Path, case_id: str, settings: PredictSettings,
     ``<patient>_<n>_pred.tif``, written after the others."""
     segmentation = out_dir / f"{case_id}{NIFTI_SUFFIX}"
     if tif_slices:
-        segmentation = out_dir / f"{Path(tif_slices[-1]).stem}_pred.tif"
+        segmentation = prediction_path(out_dir, case_id, tif_slices[-1])
     paths = {"segmentation": segmentation, "report": out_dir / f"{case_id}.json"}
     if settings.preview:
         paths["preview"] = out_dir / f"{case_id}_preview.png"
