@@ -21,6 +21,7 @@ NORMS = ("instance", "none")
 MIXED_PRECISION = ("off", "bf16", "fp16")
 LOSSES = ("dice", "dice_ce")
 STRATEGIES = ("default", "mirrored", "multiworker")
+SLICE_PATCH_SIZE = (192, 192)  # a 2D network's default: most of a cropped BraTS slice
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,8 @@ class TrainConfig:
         model_values = values.pop("model", {}) or {}
         _check_keys(cls, values, source)
         _check_keys(ModelConfig, model_values, f"{source} [model]")
+        if values.get("patch_size") is None and model_values.get("spatial_dims") == 2:
+            values["patch_size"] = SLICE_PATCH_SIZE  # the 3D default cannot apply
         for key in ("patch_size", "synthetic_shape", "modalities", "validation_cases"):
             if key in values and values[key] is not None:
                 values[key] = tuple(values[key])

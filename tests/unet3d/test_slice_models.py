@@ -4,6 +4,7 @@ machinery around them: sampling, slice-by-slice inference, LiteRT export."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import keras
 import numpy as np
@@ -96,6 +97,18 @@ def test_config_checks_dimensions_and_modalities():
         with pytest.raises(InputError, match="--modalities"):
             TrainConfig(model=ModelConfig(in_channels=len(bad)), modalities=bad)
 
+
+
+def test_a_2d_config_file_without_a_patch_size_gets_the_slice_default(tmp_path):
+    from unet3d.cli.train import build_config, parse_args
+
+    path = tmp_path / "slices.json"
+    path.write_text(json.dumps({"model": {"spatial_dims": 2, "depth": 4}}))
+    config = build_config(parse_args(["--config", str(path), "--out", str(tmp_path / "run")]))
+    assert config.model.spatial_dims == 2 and config.patch_size == (192, 192)
+    config = build_config(parse_args(["--config", str(path), "--patch-size", "64",
+                                      "--out", str(tmp_path / "run")]))
+    assert config.patch_size == (64, 64)
 
 def z_volume() -> PreprocessedCase:
     """Every voxel holds 100 + its z index; a tumor blob in slices 5-9 at the centre of a

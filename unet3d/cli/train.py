@@ -22,7 +22,7 @@ from data_generators.errors import InputError
 from data_generators.labels import MODALITIES
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.shipped import DEFAULT_NAME
-from unet3d.config import TrainConfig, load_config_file
+from unet3d.config import SLICE_PATCH_SIZE, TrainConfig, load_config_file
 from unet3d.env import prepare_backend
 from unet3d.precision import resolve_precision
 from unet3d.training.callbacks import Preempted
@@ -41,7 +41,6 @@ OVERRIDES = {
     "freeze_encoder_epochs": "freeze_encoder_epochs", "spatial_dims": "spatial_dims",
     "attention_gates": "attention_gates",
 }
-DEFAULT_SLICE_PATCH = (192, 192)  # a 2D network's default: most of a cropped BraTS slice
 # taken from the --init-from model's own config unless --config sets them
 INHERITED = ("model", "patch_size", "modalities")
 
@@ -122,7 +121,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                              f"got {len(sizes)}")
         changes["patch_size"] = tuple(sizes * dims if len(sizes) == 1 else sizes)
     elif len(config.patch_size) != dims and "patch_size" not in values:
-        changes["patch_size"] = DEFAULT_SLICE_PATCH if dims == 2 else (128, 128, 128)
+        changes["patch_size"] = SLICE_PATCH_SIZE if dims == 2 else (128, 128, 128)
     if args.modalities:
         changes["modalities"] = tuple(name.lower() for name in args.modalities)
         changes["in_channels"] = len(args.modalities)
