@@ -191,11 +191,12 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _channels(modalities: Sequence[str]) -> list[int]:
+def _channels(modalities: Sequence[str], folder: Path) -> list[int]:
     unknown = [m for m in modalities if m not in LGG_MODALITIES]
     if unknown or not modalities:
-        raise InputError(f"LGG modalities {list(modalities)}: choose from "
-                         f"{', '.join(LGG_MODALITIES)} (the channels of the RGB slices)")
+        raise InputError(f"{folder}: Kaggle LGG slices hold {', '.join(LGG_MODALITIES)} (their "
+                         f"RGB channels), not {', '.join(unknown) or 'no sequence'}; train with "
+                         f"--modalities from those, or predict with a model trained on them")
     return [LGG_MODALITIES.index(m) for m in modalities]
 
 
@@ -221,7 +222,7 @@ def load_lgg_patient(
             mask that is not ``HxW`` or not its slice's size, or masks for
             some slices but not others (naming the first missing one).
     """
-    channels = _channels(modalities)
+    channels = _channels(modalities, Path(patient.slices[0]).parent)
     if not patient.slices or len(patient.masks) != len(patient.slices):
         raise InputError(f"{patient.patient_id}: {len(patient.slices)} slices but "
                          f"{len(patient.masks)} mask entries")

@@ -110,8 +110,9 @@ def test_channels_map_to_t1_flair_t1ce_in_the_requested_order(tmp_path):
 
     pair, _, _ = load_lgg_patient(patient, ("t1ce", "t1"))
     assert [float(v) for v in pair[2, 3, 1, :]] == [202.0, 12.0]
-    with pytest.raises(InputError, match="t2"):
+    with pytest.raises(InputError, match="not t2; train with --modalities") as excinfo:
         load_lgg_patient(patient, ("t2",))
+    assert str(excinfo.value).startswith(f"{folder}: ")
 
 
 def test_mask_becomes_class_2_above_127_and_properties_are_json(tmp_path):

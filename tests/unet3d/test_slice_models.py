@@ -201,6 +201,21 @@ def test_2d_predictor_whole_sliding_and_in_plane_mirroring():
               max_memory_gb=1)(volume)
     assert len(calls) == 4  # 7 slices, one chunk each pass: 4 in-plane mirrorings
 
+    def directional(batch):  # (B, X, Y, C): depends on position and direction in the plane
+        columns = np.arange(batch.shape[2], dtype=np.float32)[None, None, :, None]
+        return np.cumsum(batch[..., :1], axis=1) * 0.1 + batch[..., 1:] * columns
+
+    def per_slice(image):
+        return np.stack([directional(image[:, :, z][None])[0] for z in range(image.shape[2])],
+                        axis=2)
+
+    expected = np.mean([np.flip(per_slice(np.flip(volume, axes)), axes)
+                        for axes in ((), (0,), (1,), (0, 1))], axis=0)
+    tta = Predictor(directional, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2,
+                    tta=True, max_memory_gb=1)(volume)
+    np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-5)
+    assert np.abs(per_slice(volume) - expected).max() > 0.1  # mirroring changed the answer
+
 
 @pytest.mark.slow
 def test_2d_network_exports_to_litert_as_keras_computes(tmp_path):

@@ -97,7 +97,7 @@ class ValidationImage(keras.callbacks.Callback):
             target `(D, H, W, K)` (or a slice, `(H, W, C)`), with or without a
             batch axis of 1.
         output_mode: str. How to turn predictions into regions.
-        channel: int, default -1. The modality shown (FLAIR by default).
+        channel: int, default -1. The modality shown (training shows FLAIR, or the first).
         spatial_dims: int, default 3. 2: the patch is a slice.
     """
 
