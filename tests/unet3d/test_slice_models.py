@@ -68,6 +68,21 @@ def test_attention_gate_scales_the_skip_by_its_coefficient(tmp_path):
     x, g = rng.standard_normal((2, 8, 8, 3)), rng.standard_normal((2, 4, 4, 5))
     np.testing.assert_allclose(model([x, g]), x / (1 + np.exp(-0.7)), rtol=1e-5)
 
+    # random weights: the gate worked out in numpy, one coefficient per 2x2 block of the skip
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            layer.set_weights([rng.standard_normal(w.shape).astype("float32")
+                               for w in layer.get_weights()])
+    (k_skip, b_skip), (k_gate, b_gate), (k_psi, b_psi) = (
+        model.get_layer(f"gate_{n}").get_weights() for n in ("skip", "gating", "psi"))
+    blocks = x.reshape(2, 4, 2, 4, 2, 3).transpose(0, 1, 3, 2, 4, 5)  # (b, i, j, di, dj, c)
+    theta = np.einsum("bijuvc,uvcf->bijf", blocks, k_skip) + b_skip
+    joint = np.maximum(theta + g @ k_gate + b_gate, 0)
+    coefficient = 1 / (1 + np.exp(-(joint @ k_psi + b_psi)))  # (2, 4, 4, 1)
+    expected = x * coefficient.repeat(2, axis=1).repeat(2, axis=2)
+    np.testing.assert_allclose(model([x, g]), expected, rtol=1e-4, atol=1e-5)
+    assert coefficient.std() > 0.05  # the coefficients do vary over the plane
+
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_attention_unet_reloads_with_safe_mode(dims, tmp_path):
