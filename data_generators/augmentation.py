@@ -8,6 +8,7 @@ stay aligned. Mirroring and intensity transforms follow.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,13 @@ class AugmentationConfig:
     p_contrast: float = 0.15
     contrast_range: tuple[float, float] = (0.75, 1.25)
     in_plane: bool = False
+
+    def scaled(self, strength: float) -> AugmentationConfig:
+        """A copy whose probabilities, mirroring's aside, are multiplied by ``strength``
+        (capped at 1)."""
+        names = ("p_rotation", "p_scale", "p_elastic", "p_gamma", "p_brightness", "p_contrast")
+        return dataclasses.replace(
+            self, **{n: min(1.0, getattr(self, n) * strength) for n in names})
 
 
 def _rotation_matrix(angles: np.ndarray) -> np.ndarray:

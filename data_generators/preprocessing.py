@@ -1,4 +1,10 @@
-"""Brain cropping, per-modality z-scoring and an on-disk cache of preprocessed cases.
+"""Brain cropping, per-modality intensity normalisation and an on-disk cache of preprocessed cases.
+
+Normalisation (``normalization`` of a training config) is one of
+:data:`NORMALIZATIONS`: ``zscore`` (z-score inside the brain, the paper's and
+nnU-Net's), ``percentile`` (clip each sequence to its 0.5-99.5 percentiles
+inside the brain, then z-score) or ``n4`` (SimpleITK's N4 bias-field
+correction inside the brain, then z-score).
 
 The cache stores, per case, uncompressed ``.npy`` arrays that are opened as
 read-only memory maps, so patch sampling reads only the voxels it needs.
@@ -27,6 +33,8 @@ from data_generators.labels import resolve_convention
 
 PREPROCESSING_VERSION = 2  # 2: cases brought to the model space (data_generators.geometry)
 MAX_FOREGROUND = 20000
+NORMALIZATIONS = ("zscore", "percentile", "n4")
+PERCENTILES = (0.5, 99.5)
 
 Box = tuple[tuple[int, int], ...]
 
@@ -107,14 +115,83 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def clip_percentiles(image: np.ndarray, mask: np.ndarray,
+                     percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
+    """Per-channel clipping to the ``percentiles`` of the values inside ``mask``.
+
+    Args:
+        image: ``(X, Y, Z, C)``.
+        mask: ``(X, Y, Z)`` boolean.
+
+    Returns:
+        float32 ``(X, Y, Z, C)``, clipped inside the mask, 0 outside.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    out = np.zeros(image.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    for c in range(image.shape[-1]):
+        values = image[..., c][mask]
+        lo, hi = np.percentile(values, percentiles)
+        out[..., c][mask] = np.clip(values, lo, hi)
+    return out
+
+
+def n4_correct(image: np.ndarray, mask: np.ndarray, shrink: int = 4,
+               iterations: tuple[int, ...] = (50, 50, 50, 50)) -> np.ndarray:
+    """Per-channel N4 bias-field correction (SimpleITK) inside ``mask``.
+
+    The field is fitted on the image shrunk by ``shrink`` (as is usual for
+    N4), then evaluated at full resolution and divided out.
+
+    Args:
+        image: ``(X, Y, Z, C)`` non-negative intensities.
+        mask: ``(X, Y, Z)`` boolean; the fit uses these voxels only.
+
+    Returns:
+        float32 ``(X, Y, Z, C)``, corrected inside the mask, 0 outside.
+    """
+    import SimpleITK as sitk  # optional at import time: only this normalisation needs it
+
+    image = np.asarray(image, dtype=np.float32)
+    out = np.zeros(image.shape, dtype=np.float32)
+    if not mask.any():
+        return out
+    mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
+    small_mask = sitk.Shrink(mask_img, [shrink] * 3)
+    for c in range(image.shape[-1]):
+        channel = np.where(mask, np.maximum(image[..., c], 0), 0).astype(np.float32)
+        full = sitk.GetImageFromArray(channel)
+        small = sitk.Shrink(full, [shrink] * 3)
+        corrector = sitk.N4BiasFieldCorrectionImageFilter()
+        corrector.SetMaximumNumberOfIterations(list(iterations))
+        corrector.Execute(small, small_mask)
+        log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(full))
+        out[..., c] = np.where(mask, channel / np.exp(log_field), 0).astype(np.float32)
+    return out
+
+
+def normalize(cropped: np.ndarray, mask: np.ndarray, method: str = "zscore") -> np.ndarray:
+    """Normalises a cropped ``(X, Y, Z, C)`` image inside the brain ``mask`` by ``method``."""
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                         f"got {method!r}")
+    if method == "percentile":
+        cropped = clip_percentiles(cropped, mask)
+    elif method == "n4":
+        cropped = n4_correct(cropped, mask)
+    return zscore_in_mask(cropped, mask)
+
+
 def preprocess_case(
-    image: np.ndarray, label: np.ndarray | None
+    image: np.ndarray, label: np.ndarray | None, normalization: str = "zscore",
 ) -> tuple[np.ndarray, np.ndarray | None, Box]:
-    """Crops to the brain and z-scores each modality inside the brain mask.
+    """Crops to the brain and normalises each modality inside the brain mask.
 
     Args:
         image: ``(X, Y, Z, C)`` raw intensities.
         label: ``(X, Y, Z)`` class indices or None.
+        normalization: one of :data:`NORMALIZATIONS`, default ``zscore``.
 
     Returns:
         ``(image float32, label uint8 or None, crop_box)``.
@@ -122,7 +199,7 @@ def preprocess_case(
     box = brain_bbox(image)
     cropped = crop(image, box)
     mask = (cropped != 0).any(axis=-1)
-    out = zscore_in_mask(cropped, mask)
+    out = normalize(cropped, mask, normalization)
     lab = None if label is None else np.ascontiguousarray(crop(label, box), dtype=np.uint8)
     return out, lab, box
 
@@ -157,7 +234,8 @@ class PreprocessedCase:
     foreground: np.ndarray
 
 
-def _fingerprint(case: CaseFiles, label_convention: str) -> dict[str, Any]:
+def _fingerprint(case: CaseFiles, label_convention: str,
+                 normalization: str = "zscore") -> dict[str, Any]:
     files = [*case.images] + ([case.label] if case.label is not None else [])
     entries = []
     for path in files:
@@ -169,6 +247,8 @@ def _fingerprint(case: CaseFiles, label_convention: str) -> dict[str, Any]:
         "files": entries,
         "has_label": case.label is not None,
     }
+    if normalization != "zscore":  # the z-score caches of earlier versions stay valid
+        fingerprint["normalization"] = normalization
     # an LGG patient's files are the same whichever channels are read: name them
     channels = getattr(case, "modalities", None)
     if channels is not None:
@@ -199,11 +279,17 @@ class PreprocessedCache:
     Args:
         root: cache folder (created when needed).
         log: optional callable receiving progress messages.
+        normalization: one of :data:`NORMALIZATIONS`, default ``zscore``.
     """
 
-    def __init__(self, root: str | Path, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, root: str | Path, log: Callable[[str], None] | None = None,
+                 normalization: str = "zscore") -> None:
+        if normalization not in NORMALIZATIONS:
+            raise InputError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
+                             f"got {normalization!r}")
         self.root = Path(root)
         self.log = log
+        self.normalization = normalization
         self.builds = 0  # cases (re)built by this object
 
     def case_dir(self, case_id: str) -> Path:
@@ -219,7 +305,7 @@ class PreprocessedCache:
         Returns:
             The case with memory-mapped, read-only arrays.
         """
-        fingerprint = _fingerprint(case, label_convention)
+        fingerprint = _fingerprint(case, label_convention, self.normalization)
         cached = self._open(case.case_id, fingerprint)
         if cached is not None:
             return cached
@@ -262,7 +348,7 @@ class PreprocessedCache:
             self.log(f"caching case {case.case_id}")
         image, label, properties, _ = load_case_for_model(case, label_convention)
         try:
-            image, label, box = preprocess_case(image, label)
+            image, label, box = preprocess_case(image, label, self.normalization)
         except ValueError as err:  # an all-zero (empty) scan: nothing to crop to
             raise InputError(f"{case.images[0]}: {err}") from None
         properties = {
@@ -319,9 +405,13 @@ def default_cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "unet3d"
 
 
-def cache_for(data_dir: str | Path, cache_root: str | Path | None = None) -> PreprocessedCache:
-    """The preprocessed cache of a data folder: one per folder (named by its resolved path)."""
+def cache_for(data_dir: str | Path, cache_root: str | Path | None = None,
+              normalization: str = "zscore") -> PreprocessedCache:
+    """The preprocessed cache of a data folder: one per folder (named by its resolved path)
+    and normalisation (``zscore`` keeps the plain name)."""
     data_dir = Path(data_dir)
     root = Path(cache_root) if cache_root else default_cache_root()
     digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]
-    return PreprocessedCache(root / "preprocessed" / f"{data_dir.name}-{digest}")
+    suffix = "" if normalization == "zscore" else f"-{normalization}"
+    return PreprocessedCache(root / "preprocessed" / f"{data_dir.name}-{digest}{suffix}",
+                             normalization=normalization)

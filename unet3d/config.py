@@ -15,6 +15,7 @@ from typing import Any
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
 from data_generators.labels import MODALITIES, resolve_convention
+from data_generators.preprocessing import NORMALIZATIONS
 
 OUTPUT_MODES = ("regions", "labels")
 NORMS = ("instance", "none")
@@ -104,6 +105,11 @@ class TrainConfig:
             divisible by the model stride.
         learning_rate, lr_decay: Adam's initial rate and per-epoch factor.
         loss: "dice" (weighted soft Dice) or "dice_ce" (plus (B)CE).
+        batch_dice: pool the Dice sums over the batch (nnU-Net's batch Dice)
+            instead of averaging per-sample Dice.
+        normalization: "zscore" (inside the brain), "percentile" (clip to
+            the 0.5-99.5 percentiles, then z-score) or "n4" (N4 bias-field
+            correction, then z-score); inference applies the model's own.
         val_fraction: share of cases held out; ignored when ``folds`` > 1.
         folds, fold: k-fold split and the fold used for validation.
         validation_cases: tuple of str or None. An explicit validation set
@@ -115,6 +121,9 @@ class TrainConfig:
         val_patches_per_case: fixed validation patches per case.
         foreground_fraction: share of patches centred on a tumor voxel.
         augment: apply the paper's augmentations to training patches.
+        augment_strength: float, default 1.0. Multiplies the probability of
+            every augmentation but mirroring (capped at 1): 2.0 draws each
+            twice as often.
         seed: seeds the split, patch sampling and augmentation.
         workers, use_multiprocessing, max_queue_size: PyDataset loading.
         mixed_precision: "off", "bf16" or "fp16".
@@ -145,6 +154,8 @@ class TrainConfig:
     learning_rate: float = 5e-4
     lr_decay: float = 0.985
     loss: str = "dice"
+    batch_dice: bool = False
+    normalization: str = "zscore"
     val_fraction: float = 0.2
     folds: int = 1
     fold: int = 0
@@ -152,6 +163,7 @@ class TrainConfig:
     val_patches_per_case: int = 2
     foreground_fraction: float = 1.0 / 3.0
     augment: bool = True
+    augment_strength: float = 1.0
     seed: int = 42
     workers: int = 1
     use_multiprocessing: bool = False
@@ -197,6 +209,9 @@ class TrainConfig:
         _choice(self, "mixed_precision", MIXED_PRECISION)
         _choice(self, "strategy", STRATEGIES)
         _choice(self, "loss", LOSSES)
+        _choice(self, "normalization", NORMALIZATIONS)
+        if self.augment_strength < 0:
+            raise InputError(f"augment_strength must be >= 0, got {self.augment_strength}")
         try:
             resolve_convention(self.label_convention)
         except ValueError as err:

@@ -41,6 +41,7 @@ class Artifact:
     fixed_window: bool = False  # LiteRT files take exactly one window size
     precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
     postprocessing: PostProcessing | None = None  # the plan stored with the model file
+    normalization: str = "zscore"  # the intensity normalisation it was trained on
 
 
 def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -> Artifact:
@@ -85,7 +86,8 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(config.patch_size),
                        label_convention=config.label_convention, precision=precision,
-                       spatial_dims=config.model.spatial_dims, postprocessing=read_plan(path))
+                       spatial_dims=config.model.spatial_dims, postprocessing=read_plan(path),
+                       normalization=config.normalization)
 
 
 def with_precision(model, model_config, precision: str):
@@ -118,4 +120,4 @@ def _load_litert(path: Path, threads: int) -> Artifact:
                        stride=config.model.stride, base_filters=config.model.base_filters,
                        patch_size=tuple(runner.window), label_convention=config.label_convention,
                        spatial_dims=len(runner.window), fixed_window=True, precision="litert",
-                       postprocessing=read_plan(path))
+                       postprocessing=read_plan(path), normalization=config.normalization)

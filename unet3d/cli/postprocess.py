@@ -62,7 +62,7 @@ def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
         case = find_case(Path(args.data) / case_id, modalities=model.modalities,
                          require_label=True)
         image, label, _, _ = load_case_for_model(case, model.label_convention)
-        cropped, label, _ = preprocess_case(image, label)
+        cropped, label, _ = preprocess_case(image, label, model.normalization)
         class_maps[case_id] = probabilities_to_classes(predictor(cropped), model.output_mode)
         truths[case_id] = label
     return choose(class_maps, truths)

@@ -151,7 +151,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
     image, truth, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
     truth = truth if lgg else None  # a BraTS folder's segmentation is scored by --gt
     try:
-        cropped, _, box = preprocess_case(image, None)
+        cropped, _, box = preprocess_case(image, None, model.normalization)
     except ValueError as err:
         raise InputError(f"{case.images[0]}: {err}") from None
     # only the preview needs the raw scan; freed, it does not add to the network's peak

@@ -156,10 +156,11 @@ class DiceCELoss(SoftDiceLoss):
         return config
 
 
-def make_loss(name: str, output_mode: str) -> keras.losses.Loss:
+def make_loss(name: str, output_mode: str, batch_dice: bool = False) -> keras.losses.Loss:
     """The loss named in a TrainConfig (``dice`` or ``dice_ce``) for an output mode."""
     multilabel = output_mode == "regions"
-    kwargs = {"multilabel": multilabel, "include_background": multilabel}
+    kwargs = {"multilabel": multilabel, "include_background": multilabel,
+              "batch_dice": batch_dice}
     if name == "dice":
         return SoftDiceLoss(**kwargs)
     if name == "dice_ce":

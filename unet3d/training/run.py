@@ -224,7 +224,7 @@ def _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source) -> 
     if missing:
         raise InputError(f"{data_dir}: cases of the saved split are missing: {', '.join(missing)}")
 
-    cache = cache_for(data_dir, cache_root)
+    cache = cache_for(data_dir, cache_root, config.normalization)
     log(f"preprocessing {len(cases)} cases (cached in {cache.root})")
     train_cases = [cache.get(by_id[i], config.label_convention) for i in train_ids]
     val_cases = [cache.get(by_id[i], config.label_convention) for i in val_ids]
@@ -275,7 +275,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         batch_size=config.batch_size // dist.num_workers,
         steps_per_epoch=config.steps_per_epoch, output_mode=mode,
         foreground_fraction=config.foreground_fraction,
-        augmentation=AugmentationConfig() if config.augment else None,
+        augmentation=(AugmentationConfig().scaled(config.augment_strength)
+                      if config.augment else None),
         seed=worker_seed(config.seed, dist),
     )  # the loader options go to the dataset fit consumes (EpochSpan / train_dataset)
     val_data = ValidationPatchDataset(
@@ -297,7 +298,7 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
             model = build_unet3d(config.model)
             model.compile(
                 optimizer=keras.optimizers.Adam(config.learning_rate),
-                loss=make_loss(config.loss, mode),
+                loss=make_loss(config.loss, mode, config.batch_dice),
                 metrics=region_metrics(mode),
             )
             if init_source is not None:

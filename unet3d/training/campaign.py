@@ -1,0 +1,438 @@
+"""A training campaign: a cheap recipe study, then k folds trained until their curves are flat.
+
+A campaign is one JSON file kept in the repository (``campaigns/<name>/campaign.json``)
+beside its split (``splits_final.json``, as nnU-Net's) and its status
+(``status.json``). The runs themselves live outside the work tree, in a
+runs folder (``--runs``), so a checkout laid anew cannot break them, and every
+run continues with ``train.py --resume``. Running the campaign again continues
+it wherever it stands, on this machine or another one::
+
+    python -m unet3d.training.campaign run campaigns/brats_cv5/campaign.json \\
+        --runs ~/campaign/brats_cv5 [--stage study|folds]
+    python -m unet3d.training.campaign status campaigns/brats_cv5/campaign.json \\
+        --runs ~/campaign/brats_cv5
+    python -m unet3d.training.campaign sync campaigns/brats_cv5/campaign.json \\
+        --runs ~/campaign/brats_cv5
+
+Stages:
+
+- ``study``: each arm (overrides of the study's base recipe) on a few folds at
+  a fraction of the steps; ``study.json`` in the runs folder tabulates the
+  whole-volume validation Dice per arm (mean and spread over folds) and the
+  CPU-hours each cost (user + system time of the training processes).
+- ``folds``: the chosen ``recipe`` on every fold. A fold first trains
+  ``epochs`` epochs; while its validation curve (mean Dice of the validation
+  patches, per epoch) still rose by more than ``tolerance`` in its last
+  ``flat_fraction`` of epochs, it is resumed for ``extend_by`` more, up to
+  ``max_epochs``. A finished fold's ``best.keras`` is saved without optimizer
+  state as ``published/fold_<k>.keras`` in the runs folder.
+
+``sync`` copies the status, the study table and the published fold models
+into the repository (``campaigns/<name>/`` and the campaign's ``models``
+folder), ready to commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text
+
+REPO = Path(__file__).resolve().parents[2]
+REGIONS = ("WT", "TC", "ET")
+
+
+# ---- the campaign file and its split -------------------------------------------------
+def load_campaign(path: str | Path) -> dict[str, Any]:
+    """Reads a campaign file; paths in it are made absolute.
+
+    ``data`` is relative to the repository root (the campaign folder's
+    grandparent), ``split`` and ``models`` to the campaign file's folder and
+    the repository root respectively.
+    """
+    path = Path(path).resolve()
+    try:
+        campaign = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable campaign file ({err})") from None
+    for key in ("name", "data", "split", "study", "folds"):
+        if key not in campaign:
+            raise InputError(f"{path}: no {key!r} entry")
+    root = path.parent.parent.parent
+    campaign["_file"] = path
+    campaign["_data"] = (root / campaign["data"]).resolve()
+    campaign["_split"] = path.parent / campaign["split"]
+    campaign["_models"] = root / campaign.get("models", f"models/{campaign['name']}")
+    return campaign
+
+
+def make_split(case_ids: list[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """A seeded k-fold split of ``case_ids`` (sorted, then permuted with ``seed``):
+    one ``{"train": [...], "val": [...]}`` per fold, as nnU-Net's ``splits_final.json``."""
+    ids = sorted(case_ids)
+    if len(set(ids)) != len(ids) or not 2 <= folds <= len(ids):
+        raise InputError(f"cannot split {len(ids)} cases into {folds} folds")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    split = []
+    for part in np.array_split(order, folds):
+        val = sorted(ids[i] for i in part)
+        split.append({"train": [c for c in ids if c not in val], "val": val})
+    return split
+
+
+def read_split(campaign: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """The campaign's split, checked: each fold's sets are disjoint, the validation sets
+    are disjoint and each fold trains on all the other cases."""
+    path = campaign["_split"]
+    try:
+        split = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable split ({err})") from None
+    every = set().union(*(set(f["train"]) | set(f["val"]) for f in split))
+    seen: set[str] = set()
+    for k, fold in enumerate(split):
+        train, val = set(fold["train"]), set(fold["val"])
+        if train & val or train | val != every or val & seen:
+            raise InputError(f"{path}: fold {k} does not partition the cases")
+        seen |= val
+    return split
+
+
+# ---- runs -----------------------------------------------------------------------------
+def planned_runs(campaign: dict[str, Any], stage: str) -> list[dict[str, Any]]:
+    """The runs of a stage, in order: ``{"name", "fold", "config"}`` each."""
+    split = read_split(campaign)
+    runs = []
+    if stage == "study":
+        study = campaign["study"]
+        for arm, overrides in study["arms"].items():
+            for k in study["folds"]:
+                config = {**study["base"], **study.get("schedule", {}), **overrides}
+                runs.append({"name": f"study/{arm}/fold{k}", "fold": k, "arm": arm,
+                             "config": config})
+    elif stage == "folds":
+        recipe = campaign.get("recipe")
+        if not recipe:
+            raise InputError(f"{campaign['_file']}: no 'recipe' yet; run and read the study, "
+                             "then write the chosen recipe into the campaign file")
+        schedule = campaign["folds"]
+        for k in range(len(split)):
+            config = {**recipe, "epochs": schedule["epochs"],
+                      "steps_per_epoch": schedule["steps_per_epoch"]}
+            runs.append({"name": f"folds/fold{k}", "fold": k, "config": config})
+    else:
+        raise InputError(f"unknown stage {stage!r} (study or folds)")
+    for run in runs:
+        run["config"] = {**run["config"], "data": str(campaign["_data"]),
+                         "validation_cases": split[run["fold"]]["val"]}
+    return runs
+
+
+def read_curve(run_dir: Path) -> dict[str, list[float]]:
+    """Per-epoch validation Dice of a run's ``log.csv``: ``{"epoch", "mean", "WT", ...}``."""
+    path = run_dir / "log.csv"
+    curve: dict[str, list[float]] = {k: [] for k in ("epoch", "mean", *REGIONS)}
+    if not path.is_file():
+        return curve
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                curve["epoch"].append(int(row["epoch"]) + 1)
+                curve["mean"].append(float(row["val_dice_mean"]))
+                for region in REGIONS:
+                    curve[region].append(float(row[f"val_dice_{region.lower()}"]))
+            except (KeyError, ValueError):
+                break
+    return curve
+
+
+def is_flat(values: list[float], flat_fraction: float, tolerance: float,
+            min_epochs: int = 5) -> bool:
+    """True when the best of the last ``flat_fraction`` of ``values`` is no more than
+    ``tolerance`` above the best before it (the curve stopped rising)."""
+    n = len(values)
+    if n < max(min_epochs, 2):
+        return False
+    tail = max(1, math.ceil(n * flat_fraction))
+    return max(values[-tail:]) <= max(values[:-tail]) + tolerance
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+class Campaign:
+    """Runs a campaign's stages in ``runs_dir``; one training process at a time."""
+
+    def __init__(self, campaign: dict[str, Any], runs_dir: str | Path, log=print):
+        self.campaign = campaign
+        self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.log = log
+        self.status_path = self.runs_dir / "status.json"
+        self.status = read_json(self.status_path, {}) or {}
+        self.status.setdefault("campaign", campaign["name"])
+        self.status.setdefault("runs", {})
+        self._child: subprocess.Popen | None = None
+        self._signal: int | None = None
+
+    # -- bookkeeping
+    def continue_command(self) -> str:
+        rel = os.path.relpath(self.campaign["_file"], REPO)
+        return f"python -m unet3d.training.campaign run {rel} --runs {self.runs_dir}"
+
+    def save_status(self) -> None:
+        self.status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.status["continue"] = self.continue_command()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.status_path, json.dumps(self.status, indent=2) + "\n")
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return self.status["runs"].setdefault(name, {"state": "pending", "cpu_hours": 0.0,
+                                                     "wall_hours": 0.0})
+
+    # -- one training process
+    def _train(self, run: dict[str, Any], epochs: int | None = None) -> int:
+        run_dir = self.runs_dir / run["name"]
+        command = [sys.executable, str(REPO / "train.py"), "--out", str(run_dir)]
+        if (run_dir / "last.keras").is_file() or (run_dir / "previous.keras").is_file():
+            command += ["--resume"] + (["--epochs", str(epochs)] if epochs else [])
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_path = run_dir / "campaign_config.json"
+            config = dict(run["config"])
+            if epochs:
+                config["epochs"] = epochs
+            atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+            command += ["--config", str(config_path)]
+        entry = self.entry(run["name"])
+        entry["state"] = "running"
+        entry["command"] = " ".join(command[1:])
+        self.save_status()
+        self.log(f"[{time.strftime('%H:%M:%S')}] {run['name']}: {' '.join(command[1:])}")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.time()
+        with open(run_dir.parent / f"{run_dir.name}.out", "a") as out:
+            self._child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                           cwd=REPO)
+            code = self._child.wait()
+            self._child = None
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        entry["cpu_hours"] = round(entry["cpu_hours"] + cpu / 3600, 4)
+        entry["wall_hours"] = round(entry["wall_hours"] + (time.time() - start) / 3600, 4)
+        curve = read_curve(run_dir)
+        entry["epochs_done"] = len(curve["mean"])
+        if curve["mean"]:
+            best = int(np.argmax(curve["mean"]))
+            entry["best_epoch"] = best + 1
+            entry["best_val_patch_dice"] = round(curve["mean"][best], 4)
+        validation = read_json(run_dir / "validation.json")
+        if validation:
+            entry["val_dice"] = {r: round(float(np.mean([c[r] for c in validation.values()])), 4)
+                                 for r in REGIONS}
+        entry["state"] = "trained" if code == 0 else f"stopped (exit {code})"
+        self.save_status()
+        return code
+
+    def _forward(self, signum, frame) -> None:  # noqa: ARG002
+        self._signal = signum
+        if self._child is not None and self._child.poll() is None:
+            self._child.send_signal(signum)
+
+    # -- stages
+    def run(self, stages: list[str]) -> int:
+        old = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for stage in stages:
+                code = self._run_stage(stage)
+                if code:
+                    return code
+            return 0
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    def _run_stage(self, stage: str) -> int:
+        for run in planned_runs(self.campaign, stage):
+            if self.entry(run["name"]).get("state") == "done":
+                continue
+            code = self._run_one(run, stage)
+            if self._signal is not None or code:
+                self.log(f"{run['name']}: stopped (exit {code}); continue with: "
+                         f"{self.continue_command()}")
+                return code or 128 + self._signal
+            if stage == "study":
+                self.write_study()
+        return 0
+
+    def _run_one(self, run: dict[str, Any], stage: str) -> int:
+        run_dir = self.runs_dir / run["name"]
+        entry = self.entry(run["name"])
+        if stage == "study":
+            code = 0
+            if not (run_dir / "validation.json").is_file():
+                code = self._train(run)
+            if code == 0:
+                entry["state"] = "done"
+                self.save_status()
+            return code
+        schedule = self.campaign["folds"]
+        epochs = int(read_json(run_dir / "config.json", {}).get("epochs", schedule["epochs"]))
+        while True:
+            if not (run_dir / "validation.json").is_file() or \
+                    len(read_curve(run_dir)["mean"]) < epochs:
+                code = self._train(run, epochs)
+                if code:
+                    return code
+            curve = read_curve(run_dir)["mean"]
+            flat = is_flat(curve, schedule["flat_fraction"], schedule["tolerance"])
+            if flat or epochs >= schedule["max_epochs"]:
+                break
+            epochs = min(epochs + schedule["extend_by"], schedule["max_epochs"])
+            (run_dir / "validation.json").unlink(missing_ok=True)  # re-evaluated at the end
+            self.log(f"{run['name']}: curve still rising after {len(curve)} epochs; "
+                     f"extending to {epochs}")
+        entry["flat"] = bool(flat)
+        published = self.runs_dir / "published" / f"fold_{run['fold']}.keras"
+        publish_weights(run_dir / "best.keras", published)
+        entry["published"] = str(published)
+        entry["state"] = "done"
+        self.save_status()
+        return 0
+
+    # -- the study's table
+    def write_study(self) -> dict[str, Any]:
+        """``study.json``: per arm, whole-volume validation Dice per fold, mean, spread and
+        CPU-hours; written from the finished study runs."""
+        table: dict[str, Any] = {}
+        for run in planned_runs(self.campaign, "study"):
+            entry = self.status["runs"].get(run["name"], {})
+            if entry.get("state") != "done" or "val_dice" not in entry:
+                continue
+            arm = table.setdefault(run["arm"], {"overrides": self.campaign["study"]["arms"][
+                run["arm"]], "folds": {}})
+            arm["folds"][str(run["fold"])] = {**entry["val_dice"],
+                                              "cpu_hours": entry["cpu_hours"]}
+        for arm in table.values():
+            folds = list(arm["folds"].values())
+            per_fold_mean = [float(np.mean([f[r] for r in REGIONS])) for f in folds]
+            arm["mean"] = {r: round(float(np.mean([f[r] for f in folds])), 4) for r in REGIONS}
+            arm["mean"]["mean"] = round(float(np.mean(per_fold_mean)), 4)
+            arm["spread"] = round(float(np.ptp(per_fold_mean)), 4) if len(folds) > 1 else None
+            arm["cpu_hours"] = round(float(np.sum([f["cpu_hours"] for f in folds])), 3)
+            arm["dice_per_cpu_hour"] = round(arm["mean"]["mean"] / max(arm["cpu_hours"], 1e-9),
+                                             3)
+        atomic_write_text(self.runs_dir / "study.json", json.dumps(table, indent=2) + "\n")
+        return table
+
+
+def publish_weights(source: Path, target: Path) -> Path:
+    """Saves ``source`` (a checkpoint) as a model without optimizer state, with its config."""
+    from unet3d.artifacts.keras_file import load_model, read_model_config, save_model
+    from unet3d.config import TrainConfig
+    from unet3d.models.unet import build_unet3d
+
+    values = read_model_config(source)
+    config = TrainConfig.from_dict(values, source=str(source))
+    trained = load_model(source)
+    model = build_unet3d(config.model, name=trained.name)
+    model.set_weights(trained.get_weights())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return save_model(model, target, config.to_dict())
+
+
+def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:
+    lines = [f"campaign {campaign['name']}  (updated {status.get('updated', 'never')})"]
+    for stage in ("study", "folds"):
+        try:
+            runs = planned_runs(campaign, stage)
+        except InputError as err:
+            lines.append(f"{stage}: {err}")
+            continue
+        for run in runs:
+            e = status.get("runs", {}).get(run["name"], {})
+            dice = e.get("val_dice")
+            shown = " ".join(f"{r} {dice[r]:.3f}" for r in REGIONS) if dice else ""
+            lines.append(f"  {run['name']:<32} {e.get('state', 'pending'):<18} "
+                         f"epochs {e.get('epochs_done', 0):>4}  "
+                         f"{e.get('cpu_hours', 0.0):6.2f} CPU-h  {shown}")
+    lines.append(f"continue: {status.get('continue', '')}")
+    return "\n".join(lines)
+
+
+def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
+    """Copies status, study table and published fold models into the repository."""
+    folder = campaign["_file"].parent
+    copied = []
+    for name in ("status.json", "study.json"):
+        if (runs_dir / name).is_file():
+            shutil.copyfile(runs_dir / name, folder / name)
+            copied.append(folder / name)
+    for model in sorted((runs_dir / "published").glob("fold_*.keras")):
+        campaign["_models"].mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model, campaign["_models"] / model.name)
+        copied.append(campaign["_models"] / model.name)
+    for path in copied:
+        log(f"copied {path}")
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("split", "run", "status", "sync", "study"))
+    parser.add_argument("campaign", help="the campaign file (campaigns/<name>/campaign.json)")
+    parser.add_argument("--runs", help="runs folder, outside the work tree")
+    parser.add_argument("--stage", choices=("study", "folds"), action="append",
+                        help="run only this stage (repeatable; default: study, then folds)")
+    args = parser.parse_args(argv)
+    try:
+        campaign = load_campaign(args.campaign)
+        if args.command == "split":
+            from data_generators.labels import MODALITIES
+            from data_generators.layouts import find_any_cases
+
+            if campaign["_split"].exists():
+                raise InputError(f"{campaign['_split']}: exists; a campaign keeps its split")
+            ids = [c.case_id for c in find_any_cases(campaign["_data"], MODALITIES,
+                                                             require_label=True)]
+            split = make_split(ids, campaign["split_folds"], campaign["split_seed"])
+            atomic_write_text(campaign["_split"], json.dumps(split, indent=2) + "\n")
+            print(f"wrote {campaign['_split']}: {len(ids)} cases, {len(split)} folds")
+            return 0
+        if not args.runs:
+            raise InputError("--runs is needed: the runs folder, outside the work tree")
+        runner = Campaign(campaign, args.runs)
+        if args.command == "run":
+            return runner.run(args.stage or ["study", "folds"])
+        if args.command == "status":
+            print(format_status(campaign, runner.status))
+        elif args.command == "study":
+            print(json.dumps(runner.write_study(), indent=2))
+        else:
+            sync(campaign, runner.runs_dir)
+        return 0
+    except InputError as err:
+        print(f"campaign: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
