@@ -252,7 +252,7 @@ class Campaign:
         self.save_status()
         return code
 
-    def _forward(self, signum, frame) -> None:  # noqa: ARG002
+    def _forward(self, signum, frame) -> None:
         self._signal = signum
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signum)
