@@ -58,12 +58,13 @@ REGIONS = ("WT", "TC", "ET")
 
 
 # ---- the campaign file and its split -------------------------------------------------
-def load_campaign(path: str | Path) -> dict[str, Any]:
+def load_campaign(path: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Reads a campaign file; paths in it are made absolute.
 
     ``data`` is relative to the repository root (the campaign folder's
-    grandparent), ``split`` and ``models`` to the campaign file's folder and
-    the repository root respectively.
+    grandparent) unless the ``data`` argument gives the folder; ``split`` and
+    ``models`` are relative to the campaign file's folder and the repository
+    root respectively.
     """
     path = Path(path).resolve()
     try:
@@ -75,7 +76,8 @@ def load_campaign(path: str | Path) -> dict[str, Any]:
             raise InputError(f"{path}: no {key!r} entry")
     root = path.parent.parent.parent
     campaign["_file"] = path
-    campaign["_data"] = (root / campaign["data"]).resolve()
+    campaign["_data"] = Path(data).expanduser().resolve() if data else \
+        (root / campaign["data"]).resolve()
     campaign["_split"] = path.parent / campaign["split"]
     campaign["_models"] = root / campaign.get("models", f"models/{campaign['name']}")
     return campaign
@@ -196,7 +198,8 @@ class Campaign:
     # -- bookkeeping
     def continue_command(self) -> str:
         rel = os.path.relpath(self.campaign["_file"], REPO)
-        return f"python -m unet3d.training.campaign run {rel} --runs {self.runs_dir}"
+        return (f"python -m unet3d.training.campaign run {rel} --runs {self.runs_dir} "
+                f"--data {self.campaign['_data']}")
 
     def save_status(self) -> None:
         self.status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -400,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=("split", "run", "status", "sync", "study"))
     parser.add_argument("campaign", help="the campaign file (campaigns/<name>/campaign.json)")
     parser.add_argument("--runs", help="runs folder, outside the work tree")
+    parser.add_argument("--data", help="the BraTS folder, if not where the campaign file says")
     parser.add_argument("--stage", choices=("study", "folds"), action="append",
                         help="run only this stage (repeatable; default: study, then folds)")
     args = parser.parse_args(argv)
     try:
-        campaign = load_campaign(args.campaign)
+        campaign = load_campaign(args.campaign, args.data)
         if args.command == "split":
             from data_generators.labels import MODALITIES
             from data_generators.layouts import find_any_cases
