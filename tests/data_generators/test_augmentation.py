@@ -137,3 +137,38 @@ def test_elastic_field_magnitude():
     assert 1.5 < field.std() < 4.5
     # smooth: neighbouring voxels move almost together
     assert np.abs(np.diff(field, axis=1)).mean() < 0.2 * np.abs(field).mean()
+
+
+def test_scaled_strength_multiplies_probabilities_but_mirroring():
+    base = AugmentationConfig()
+    strong = base.scaled(2.0)
+    assert (strong.p_rotation, strong.p_scale, strong.p_elastic) == (0.4, 0.4, 0.4)
+    assert (strong.p_gamma, strong.p_brightness, strong.p_contrast) == (0.6, 0.3, 0.3)
+    assert strong.p_mirror == base.p_mirror == 0.5
+    assert strong.scale_range == base.scale_range  # ranges are not widened
+    assert base.scaled(10.0).p_gamma == 1.0  # capped
+    none = base.scaled(0.0)
+    assert none.p_rotation == none.p_gamma == 0.0 and none.p_mirror == 0.5
+
+
+def test_stronger_augmentation_changes_more_patches(volume):
+    """Over 200 seeded draws, the share of patches that any transform changed (mirroring
+    off) matches 1 - P(no transform drawn) at strength 1 and 2."""
+    image, label = volume
+    plain = dict(p_mirror=0.0, p_gamma=0.3, p_brightness=0.15, p_contrast=0.15)
+    changed = {}
+    for strength in (1.0, 2.0):
+        config = AugmentationConfig(**plain).scaled(strength)
+        count = 0
+        for seed in range(200):
+            rng = np.random.default_rng(seed)
+            patch, _ = extract_patch(image, label, np.array([20, 22, 18]), (16, 16, 16), rng,
+                                     config)
+            reference, _ = extract_patch(image, label, np.array([20, 22, 18]), (16, 16, 16),
+                                         np.random.default_rng(seed), NO_AUG)
+            count += not np.allclose(patch, reference)
+        changed[strength] = count / 200
+    # P(no transform) per patch with 2 channels: 0.8^3 * (0.7 * 0.85 * 0.85)^2 = 0.130 at
+    # strength 1 and 0.6^3 * (0.4 * 0.7 * 0.7)^2 = 0.0083 at strength 2
+    assert changed[1.0] == pytest.approx(1 - 0.130, abs=0.07)
+    assert changed[2.0] == pytest.approx(1 - 0.0083, abs=0.03)

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 from dg_helpers import save_nifti
 
+from data_generators.errors import InputError
 from data_generators.io import find_case, load_case
 from data_generators.preprocessing import (
     MAX_FOREGROUND,
     PreprocessedCache,
     brain_bbox,
+    clip_percentiles,
     crop,
     foreground_coords,
+    n4_correct,
     preprocess_case,
     uncrop,
     zscore_in_mask,
@@ -196,3 +199,78 @@ def test_cache_case_without_label(tmp_path, make_case):
     case = PreprocessedCache(tmp_path / "cache").get(source)
     assert case.label is None and case.foreground.shape == (0, 3)
     assert case.image.shape == (8, 8, 8, 4)
+
+
+def test_clip_percentiles_known_numbers():
+    """Values 0..99 inside the mask: the 0.5 / 99.5 percentiles (linear interpolation) are
+    0.495 and 98.505; outside the mask stays 0 whatever it held."""
+    image = np.zeros((10, 10, 2, 1), np.float32)
+    image[..., 0, 0] = np.arange(100).reshape(10, 10)
+    image[..., 1, 0] = 1000.0  # outside the mask
+    mask = np.zeros((10, 10, 2), bool)
+    mask[..., 0] = True
+    out = clip_percentiles(image, mask)
+    inside = out[..., 0, 0].ravel()
+    assert inside.min() == pytest.approx(0.495) and inside.max() == pytest.approx(98.505)
+    np.testing.assert_array_equal(inside[1:99], np.arange(1, 99))
+    assert not out[..., 1, 0].any()
+
+
+def test_percentile_normalisation_tames_outliers():
+    """A handful of hot voxels dominate a z-score's scale; clipped first, they do not."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (20, 20, 20, 1)).astype(np.float32)
+    image[0, 0, :5, 0] = 5000.0  # 5 of 8000 voxels
+    plain = preprocess_case(image, None, "zscore")[0]
+    clipped = preprocess_case(image, None, "percentile")[0]
+    # z-score: mean 103.06, std 122.8 -> a hot voxel at (5000 - 103) / 122.8 = 39.9
+    assert plain[..., 0].max() > 39 and clipped[..., 0].max() < 3.5
+    # ordinary voxels keep their spread near 1 only after clipping
+    body = np.s_[5:, 5:, 5:, 0]
+    assert clipped[body].std() == pytest.approx(1.0, abs=0.05)
+    assert plain[body].std() < 0.3
+
+
+def test_n4_removes_a_smooth_bias_field():
+    """Two tissues (100 and 160) in a ball, multiplied by exp(0.4 x / 47): within each tissue
+    the coefficient of variation is 0.084 before (0.115 were x uniform over the cube; the
+    ball weights its middle); N4 brings it under a third of that."""
+    shape = (48, 48, 48)
+    x, y, z = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    mask = (x - 23.5) ** 2 + (y - 23.5) ** 2 + (z - 23.5) ** 2 < 22**2
+    tissue = np.where((y // 8) % 2 == 0, 100.0, 160.0)
+    field = np.exp(0.4 * x / 47)
+    image = np.where(mask, tissue * field, 0).astype(np.float32)[..., None]
+
+    def cv(volume):
+        values = [volume[mask & (tissue == t)] for t in (100.0, 160.0)]
+        return max(float(v.std() / v.mean()) for v in values)
+
+    before = cv(image[..., 0])
+    corrected = n4_correct(image, mask)
+    assert before == pytest.approx(0.084, abs=0.005)
+    assert cv(corrected[..., 0]) < before / 3
+    assert not corrected[~mask].any()
+    out, _, box = preprocess_case(image, None, "n4")  # cropped, then z-scored in the brain
+    inside = crop(mask, box)
+    assert out[..., 0][inside].mean() == pytest.approx(0.0, abs=1e-4)
+    assert out[..., 0][inside].std() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_normalisations_keep_separate_caches(tmp_path, make_case):
+    """Each normalisation has its own cache folder and fingerprint; z-score keeps the plain
+    folder name (and the fingerprint of earlier versions)."""
+    from data_generators.preprocessing import cache_for
+
+    folder = make_case(shape=(12, 12, 12))
+    source = find_case(folder)
+    plain = cache_for(folder, tmp_path, "zscore")
+    clipped = cache_for(folder, tmp_path, "percentile")
+    assert clipped.root.name == plain.root.name + "-percentile"
+    a, b = plain.get(source), clipped.get(source)
+    assert "normalization" not in a.properties["fingerprint"]
+    assert b.properties["fingerprint"]["normalization"] == "percentile"
+    np.testing.assert_allclose(np.asarray(b.image),
+                               preprocess_case(load_case(source)[0], None, "percentile")[0])
+    with pytest.raises(InputError, match="normalization must be one of"):
+        PreprocessedCache(tmp_path, normalization="minmax")

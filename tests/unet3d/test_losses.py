@@ -106,3 +106,9 @@ def test_make_loss_modes():
     assert isinstance(labels_loss, DiceCELoss) and not labels_loss.multilabel
     with pytest.raises(ValueError):
         make_loss("focal", "regions")
+
+
+def test_make_loss_batch_dice_switch():
+    assert not make_loss("dice_ce", "regions").batch_dice
+    assert make_loss("dice_ce", "regions", batch_dice=True).batch_dice
+    assert make_loss("dice", "labels", batch_dice=True).batch_dice

@@ -348,13 +348,15 @@ class Campaign:
 
 
 def publish_weights(source: Path, target: Path) -> Path:
-    """Saves ``source`` (a checkpoint) as a model without optimizer state, with its config."""
+    """Saves ``source`` (a checkpoint) as a model without optimizer state, with its config
+    (less the machine's own paths: data, run and cache folders)."""
     from unet3d.artifacts.keras_file import load_model, read_model_config, save_model
     from unet3d.config import TrainConfig
     from unet3d.models.unet import build_unet3d
 
     values = read_model_config(source)
-    config = TrainConfig.from_dict(values, source=str(source))
+    config = TrainConfig.from_dict(values, source=str(source)).replace(
+        data=None, cache_dir=None, out=target.stem)
     trained = load_model(source)
     model = build_unet3d(config.model, name=trained.name)
     model.set_weights(trained.get_weights())
