@@ -8,26 +8,30 @@ report under ``"postprocessing"``.
 
 Steps, in this order:
 
-* keep the largest 26-connected whole-tumor component (nnU-Net's
+* whole tumor: keep the largest 26-connected component (nnU-Net's
   ``remove_all_but_largest_component``), or, milder, drop only components of
-  fewer than ``min_component_voxels`` voxels (scattered false positives far
-  from the tumor, while a tumor core split from its edema survives);
+  fewer than ``min_component_voxels`` voxels and/or components farther than
+  ``max_distance_mm`` from the largest one (false positives far from the
+  tumor, while a tumor core split from its edema nearby survives);
+* tumor core: keep its largest component (the rest becomes edema);
+* enhancing tumor: keep its largest component (the rest becomes necrosis);
 * relabel an enhancing tumor of fewer than ``et_min_voxels`` voxels as
   necrosis (Isensee et al., BraTS 2018: a handful of ET voxels in a case with
   none costs a Dice of 0).
 
-``unet3d-postprocess --model M --data DIR --cases ...`` scores
-every candidate on the given validation cases and, with ``--write``, stores
-the best in the model file (and in the ``.tflite`` exports named with
-``--also``).
+:func:`choose` decides the steps one after the other as nnU-Net does: each
+is kept only where it raises the mean Dice of the cases it is chosen on
+(ideally out-of-fold predictions of every training case). ``unet3d-postprocess
+--model M --data DIR --cases ...`` runs it on the given validation cases and,
+with ``--write``, stores the result in the model file (and in the ``.tflite``
+exports named with ``--also``).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ from unet3d.evaluation.scores import region_dice
 ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
 MIN_COMPONENT_SIZES = (1000, 5000, 20000)
+MAX_DISTANCES_MM = (10.0, 20.0, 40.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,13 @@ class PostProcessing:
             become necrosis; 0 turns the rule off.
         min_component_voxels: int, default 0. Tumor components smaller than
             this are removed; 0 keeps them all.
+        max_distance_mm: float, default 0. Tumor components whose nearest
+            voxel lies farther than this from the largest component are
+            removed (the model's 1 mm grid); 0 keeps them all.
+        tc_largest_component: bool, default False. Keep only the largest
+            tumor-core component; other core voxels become edema.
+        et_largest_component: bool, default False. Keep only the largest
+            enhancing component; other enhancing voxels become necrosis.
         chosen_on: list of str. Validation case ids the plan was chosen on.
         scores: dict. Mean validation Dice per candidate, for the record.
     """
@@ -62,6 +74,9 @@ class PostProcessing:
     largest_component: bool = False
     et_min_voxels: int = 500
     min_component_voxels: int = 0
+    max_distance_mm: float = 0.0
+    tc_largest_component: bool = False
+    et_largest_component: bool = False
     chosen_on: list[str] = field(default_factory=list)
     scores: dict[str, Any] = field(default_factory=dict)
 
@@ -70,8 +85,19 @@ class PostProcessing:
         removed, relabelled = 0, False
         if self.largest_component:
             classes, removed = keep_largest_component(classes)
-        elif self.min_component_voxels > 0:
-            classes, removed = remove_small_components(classes, self.min_component_voxels)
+        else:
+            if self.min_component_voxels > 0:
+                classes, removed = remove_small_components(classes, self.min_component_voxels)
+            if self.max_distance_mm > 0:
+                classes, far = remove_distant_components(classes, self.max_distance_mm)
+                removed += far
+        if self.tc_largest_component:
+            classes = keep_largest_of(classes, (CLASSES.index("necrosis"),
+                                                CLASSES.index("enhancing")),
+                                      CLASSES.index("edema"))
+        if self.et_largest_component:
+            classes = keep_largest_of(classes, (CLASSES.index("enhancing"),),
+                                      CLASSES.index("necrosis"))
         if self.et_min_voxels > 0:
             classes, relabelled = suppress_small_enhancing(classes, self.et_min_voxels)
         return classes, {"components_removed": removed, "small_enhancing_relabelled": relabelled}
@@ -79,10 +105,18 @@ class PostProcessing:
     def describe(self) -> str:
         if self.largest_component:
             parts = ["largest component"]
-        elif self.min_component_voxels:
-            parts = [f"components >= {self.min_component_voxels} voxels"]
+        elif self.min_component_voxels or self.max_distance_mm:
+            parts = []
+            if self.min_component_voxels:
+                parts.append(f"components >= {self.min_component_voxels} voxels")
+            if self.max_distance_mm:
+                parts.append(f"components within {self.max_distance_mm:g} mm of the largest")
         else:
             parts = ["all components"]
+        if self.tc_largest_component:
+            parts.append("largest TC component")
+        if self.et_largest_component:
+            parts.append("largest ET component")
         parts.append(f"ET < {self.et_min_voxels} voxels -> necrosis" if self.et_min_voxels
                      else "no ET relabelling")
         return ", ".join(parts)
@@ -100,6 +134,8 @@ class PostProcessing:
             value = getattr(plan, name)
             if not isinstance(value, int) or value < 0:
                 raise InputError(f"{source}: {name} must be an integer >= 0")
+        if not isinstance(plan.max_distance_mm, int | float) or plan.max_distance_mm < 0:
+            raise InputError(f"{source}: max_distance_mm must be a number >= 0")
         return plan
 
 
@@ -149,6 +185,41 @@ def remove_small_components(classes: np.ndarray, min_voxels: int) -> tuple[np.nd
     return np.where(np.isin(components, small), 0, classes).astype(classes.dtype), int(small.size)
 
 
+def remove_distant_components(classes: np.ndarray, max_distance: float
+                              ) -> tuple[np.ndarray, int]:
+    """Zeroes every tumor component whose nearest voxel lies farther than ``max_distance``
+    voxels (Euclidean) from the largest component.
+
+    Returns:
+        The class map and the number of components removed.
+    """
+    components, count = tumor_components(classes)
+    if count <= 1:
+        return classes, 0
+    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    distance = ndimage.distance_transform_edt(components != largest)
+    others = [i for i in range(1, count + 1) if i != largest]
+    nearest = np.asarray(ndimage.minimum(distance, components, index=others))
+    far = [i for i, d in zip(others, nearest, strict=True) if d > max_distance]
+    if not far:
+        return classes, 0
+    return np.where(np.isin(components, far), 0, classes).astype(classes.dtype), len(far)
+
+
+def keep_largest_of(classes: np.ndarray, members: tuple[int, ...], demote_to: int
+                    ) -> np.ndarray:
+    """Keeps the largest 26-connected component of the region made of the ``members``
+    classes; that region's voxels elsewhere become class ``demote_to``."""
+    region = np.isin(classes, members)
+    components, count = ndimage.label(region, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return classes
+    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    out = classes.copy()
+    out[region & (components != largest)] = demote_to
+    return out
+
+
 def read_plan(model_path: str | Path) -> PostProcessing | None:
     """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
     path = Path(model_path)
@@ -193,38 +264,60 @@ def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
 
 
 def candidates() -> list[PostProcessing]:
-    """Every plan tried: all components, small ones dropped, or the largest only, x ET
-    thresholds."""
-    components = [(False, 0), *((False, size) for size in MIN_COMPONENT_SIZES), (True, 0)]
-    return [PostProcessing(largest_component=lc, et_min_voxels=t, min_component_voxels=size)
-            for (lc, size), t in itertools.product(components, ET_THRESHOLDS)]
+    """The whole-tumor rules tried first: all components, small ones dropped, distant ones
+    dropped, or the largest only (ET relabelling off)."""
+    rules = [PostProcessing(et_min_voxels=0)]
+    rules += [PostProcessing(et_min_voxels=0, min_component_voxels=size)
+              for size in MIN_COMPONENT_SIZES]
+    rules += [PostProcessing(et_min_voxels=0, max_distance_mm=d) for d in MAX_DISTANCES_MM]
+    rules.append(PostProcessing(largest_component=True, et_min_voxels=0))
+    return rules
+
+
+def _score(plan: PostProcessing, class_maps: dict[str, np.ndarray],
+           truth_regions: dict[str, np.ndarray]) -> dict[str, float]:
+    dice = []
+    for case_id, classes in class_maps.items():
+        processed, _ = plan.apply(classes)
+        dice.append(region_dice(classes_to_regions(processed).astype(bool),
+                                truth_regions[case_id]))
+    means = dict(zip(REGIONS, np.mean(dice, axis=0).tolist(), strict=True))
+    means["mean"] = float(np.mean([means[r] for r in REGIONS]))
+    return means
 
 
 def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
            ) -> tuple[PostProcessing, dict[str, dict[str, float]]]:
-    """The candidate with the best mean validation Dice (WT, TC, ET averaged).
+    """Decides the post-processing one step at a time, as nnU-Net does.
 
-    Ties go to the earlier, simpler candidate. Returns the plan (with its
-    cases and scores recorded) and the mean Dice per region of every
-    candidate.
+    1. the whole-tumor rule among :func:`candidates` with the best mean Dice
+       (WT, TC, ET averaged);
+    2. then the largest tumor-core component, kept only if it raises the mean;
+    3. then the largest enhancing component, likewise;
+    4. then the small-ET threshold among :data:`ET_THRESHOLDS`, likewise.
+
+    Ties go to the earlier, simpler choice: a step is taken only where it
+    raises the mean Dice. Returns the plan (with its cases and scores
+    recorded) and the mean Dice per region of every plan scored, by its
+    description.
     """
 
     truth_regions = {case_id: classes_to_regions(truths[case_id]).astype(bool)
                      for case_id in class_maps}
     table: dict[str, dict[str, float]] = {}
-    best, best_score = None, -1.0
-    for plan in candidates():
-        dice = []
-        for case_id, classes in class_maps.items():
-            processed, _ = plan.apply(classes)
-            pred = classes_to_regions(processed).astype(bool)
-            dice.append(region_dice(pred, truth_regions[case_id]))
-        means = dict(zip(REGIONS, np.mean(dice, axis=0).tolist(), strict=True))
-        means["mean"] = float(np.mean([means[r] for r in REGIONS]))
-        table[plan.describe()] = means
-        if means["mean"] > best_score + 1e-9:
-            best, best_score = plan, means["mean"]
-    assert best is not None
-    chosen = PostProcessing(best.largest_component, best.et_min_voxels,
-                            best.min_component_voxels, chosen_on=sorted(class_maps), scores=table)
+
+    def best_of(plans: list[PostProcessing]) -> PostProcessing:
+        best, best_score = None, -1.0
+        for plan in plans:
+            means = table.setdefault(plan.describe(), _score(plan, class_maps, truth_regions))
+            if means["mean"] > best_score + 1e-9:
+                best, best_score = plan, means["mean"]
+        assert best is not None
+        return best
+
+    plan = best_of(candidates())
+    plan = best_of([plan, replace(plan, tc_largest_component=True)])
+    plan = best_of([plan, replace(plan, et_largest_component=True)])
+    plan = best_of([replace(plan, et_min_voxels=t) for t in ET_THRESHOLDS])
+    chosen = replace(plan, chosen_on=sorted(class_maps), scores=table)
     return chosen, table

@@ -98,8 +98,14 @@ def test_choose_prefers_what_helps_on_validation():
     pred = truth.copy()
     pred[15:18, 15:18, 15:18] = 2  # a stray false-positive blob
     plan, table = choose({"c": pred}, {"c": truth})
-    assert plan.largest_component and plan.et_min_voxels == 0
+    # the blob's nearest voxel (15, 15, 15) is 6 * sqrt(3) = 10.4 mm from the cube's (9, 9, 9):
+    # the first rule that removes it is the 10 mm one, tried before keeping the largest only
+    assert plan.max_distance_mm == 10.0 and not plan.largest_component
+    assert plan.et_min_voxels == 0 and not plan.tc_largest_component
     assert table[plan.describe()]["WT"] == 1.0 and plan.chosen_on == ["c"]
+    assert table["largest component, no ET relabelling"]["WT"] == 1.0
+    assert table["components within 20 mm of the largest, no ET relabelling"]["WT"] == \
+        pytest.approx(432 / 459)
     # WT Dice without the step: 2 * 216 / (216 + 243) by hand
     assert table["all components, no ET relabelling"]["WT"] == pytest.approx(432 / 459)
 
@@ -118,3 +124,65 @@ def test_small_components_are_dropped_and_large_ones_kept():
     plan = PostProcessing(min_component_voxels=126, et_min_voxels=0)
     assert plan.describe() == "components >= 126 voxels, no ET relabelling"
     assert plan.apply(classes)[1]["components_removed"] == 2
+
+
+def test_distant_components_are_dropped_near_ones_kept():
+    from unet3d.postprocessing import PostProcessing, remove_distant_components
+
+    classes = np.zeros((60, 20, 20), np.uint8)
+    classes[0:10, 0:10, 0:10] = 2      # the largest component, x 0..9
+    classes[14:16, 0:2, 0:2] = 1       # nearest voxel x 14: 5 voxels away
+    classes[40:50, 0:5, 0:5] = 2       # 250 voxels, nearest x 40: 31 voxels away
+    kept, removed = remove_distant_components(classes, 10)
+    assert removed == 1 and int((kept > 0).sum()) == 1000 + 8
+    kept, removed = remove_distant_components(classes, 31)  # exactly 31: kept
+    assert removed == 0 and np.array_equal(kept, classes)
+    kept, removed = remove_distant_components(classes, 4.9)
+    assert removed == 2 and int((kept > 0).sum()) == 1000
+    both = PostProcessing(min_component_voxels=9, max_distance_mm=20, et_min_voxels=0)
+    assert both.describe() == ("components >= 9 voxels, components within 20 mm of the "
+                               "largest, no ET relabelling")
+    out, changes = both.apply(classes)  # the 8-voxel one is small, the 250-voxel one far
+    assert changes["components_removed"] == 2 and int((out > 0).sum()) == 1000
+
+
+def test_largest_core_and_enhancing_components():
+    from unet3d.postprocessing import PostProcessing
+
+    classes = np.zeros((30, 30, 30), np.uint8)
+    classes[2:20, 2:20, 2:20] = 2         # edema around everything
+    classes[4:10, 4:10, 4:10] = 1         # core A: 216 voxels of necrosis ...
+    classes[5:7, 5:7, 5:7] = 3            # ... with 8 ET voxels
+    classes[14:16, 14:16, 14:16] = 3      # core B: 8 ET voxels alone
+    tc = PostProcessing(tc_largest_component=True, et_min_voxels=0).apply(classes)[0]
+    assert (tc[14:16, 14:16, 14:16] == 2).all()  # core B became edema
+    assert np.array_equal(tc[4:10, 4:10, 4:10], classes[4:10, 4:10, 4:10])
+    et = PostProcessing(et_largest_component=True, et_min_voxels=0).apply(classes)[0]
+    # two ET components of 8 voxels: the first found (core A's) is kept, B's becomes necrosis
+    assert (et[14:16, 14:16, 14:16] == 1).all() and (et[5:7, 5:7, 5:7] == 3).all()
+    assert int((et == 2).sum()) == int((classes == 2).sum())
+
+
+def test_choose_takes_a_step_only_where_it_helps():
+    """Two cases: a spurious second core in one and a correct second core in the other, the
+    spurious one twice as large: dropping it (TC largest) helps case 1 more than it costs
+    case 2, so the step is taken; the distance rules change nothing and are not."""
+    from unet3d.postprocessing import choose
+
+    truth1 = np.zeros((30, 30, 30), np.uint8)
+    truth1[2:20, 2:20, 2:20] = 2
+    truth1[4:10, 4:10, 4:10] = 1
+    pred1 = truth1.copy()
+    pred1[13:17, 13:17, 13:17] = 1        # 64 spurious core voxels inside the edema
+    truth2 = truth1.copy()
+    truth2[14:16, 14:16, 14:16] = 1       # a real 8-voxel second core
+    pred2 = truth2.copy()
+    plan, table = choose({"a": pred1, "b": pred2}, {"a": truth1, "b": truth2})
+    assert plan.tc_largest_component and not plan.largest_component
+    assert plan.max_distance_mm == 0 and plan.min_component_voxels == 0
+    # TC Dice by hand: without the step a: 2*216/(280+216), b: 1; with it a: 1, b: 2*216/440
+    without = (432 / 496 + 1) / 2
+    with_step = (1 + 432 / 440) / 2
+    assert table["all components, no ET relabelling"]["TC"] == pytest.approx(without)
+    assert table["all components, largest TC component, no ET relabelling"]["TC"] == \
+        pytest.approx(with_step)
