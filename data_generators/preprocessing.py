@@ -1,10 +1,8 @@
 """Brain cropping, per-modality intensity normalisation and an on-disk cache of preprocessed cases.
 
 Normalisation (``normalization`` of a training config) is one of
-:data:`NORMALIZATIONS`: ``zscore`` (z-score inside the brain, the paper's and
-nnU-Net's), ``percentile`` (clip each sequence to its 0.5-99.5 percentiles
-inside the brain, then z-score) or ``n4`` (SimpleITK's N4 bias-field
-correction inside the brain, then z-score).
+:data:`~data_generators.normalization.NORMALIZATIONS`
+(:mod:`data_generators.normalization`).
 
 The cache stores, per case, uncompressed ``.npy`` arrays that are opened as
 read-only memory maps, so patch sampling reads only the voxels it needs.
@@ -30,11 +28,14 @@ from data_generators.fileio import storage_error
 from data_generators.geometry import load_case_for_model
 from data_generators.io import CaseFiles
 from data_generators.labels import resolve_convention
+from data_generators.normalization import (  # noqa: F401  (zscore_in_mask: its old home)
+    NORMALIZATIONS,
+    normalize,
+    zscore_in_mask,
+)
 
 PREPROCESSING_VERSION = 2  # 2: cases brought to the model space (data_generators.geometry)
 MAX_FOREGROUND = 20000
-NORMALIZATIONS = ("zscore", "percentile", "n4")
-PERCENTILES = (0.5, 99.5)
 
 Box = tuple[tuple[int, int], ...]
 
@@ -88,99 +89,6 @@ def uncrop(
                    dtype=array.dtype)
     full[tuple(slice(lo, hi) for lo, hi in box)] = array
     return full
-
-
-def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per-channel z-scoring with statistics from inside ``mask``.
-
-    Args:
-        image: ``(X, Y, Z, C)``.
-        mask: ``(X, Y, Z)`` boolean.
-
-    Returns:
-        float32 ``(X, Y, Z, C)``: ``(x - mean) / std`` inside the mask, 0
-        outside; a channel with std 0 is only centred.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    mask = np.asarray(mask, dtype=bool)
-    out = np.zeros(image.shape, dtype=np.float32)
-    if not mask.any():
-        return out
-    for c in range(image.shape[-1]):
-        values = image[..., c][mask].astype(np.float64)
-        mean = values.mean()
-        std = values.std()
-        scaled = (values - mean) / std if std > 0 else values - mean
-        out[..., c][mask] = scaled.astype(np.float32)
-    return out
-
-
-def clip_percentiles(image: np.ndarray, mask: np.ndarray,
-                     percentiles: tuple[float, float] = PERCENTILES) -> np.ndarray:
-    """Per-channel clipping to the ``percentiles`` of the values inside ``mask``.
-
-    Args:
-        image: ``(X, Y, Z, C)``.
-        mask: ``(X, Y, Z)`` boolean.
-
-    Returns:
-        float32 ``(X, Y, Z, C)``, clipped inside the mask, 0 outside.
-    """
-    image = np.asarray(image, dtype=np.float32)
-    out = np.zeros(image.shape, dtype=np.float32)
-    if not mask.any():
-        return out
-    for c in range(image.shape[-1]):
-        values = image[..., c][mask]
-        lo, hi = np.percentile(values, percentiles)
-        out[..., c][mask] = np.clip(values, lo, hi)
-    return out
-
-
-def n4_correct(image: np.ndarray, mask: np.ndarray, shrink: int = 4,
-               iterations: tuple[int, ...] = (50, 50, 50, 50)) -> np.ndarray:
-    """Per-channel N4 bias-field correction (SimpleITK) inside ``mask``.
-
-    The field is fitted on the image shrunk by ``shrink`` (as is usual for
-    N4), then evaluated at full resolution and divided out.
-
-    Args:
-        image: ``(X, Y, Z, C)`` non-negative intensities.
-        mask: ``(X, Y, Z)`` boolean; the fit uses these voxels only.
-
-    Returns:
-        float32 ``(X, Y, Z, C)``, corrected inside the mask, 0 outside.
-    """
-    import SimpleITK as sitk  # optional at import time: only this normalisation needs it
-
-    image = np.asarray(image, dtype=np.float32)
-    out = np.zeros(image.shape, dtype=np.float32)
-    if not mask.any():
-        return out
-    mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
-    small_mask = sitk.Shrink(mask_img, [shrink] * 3)
-    for c in range(image.shape[-1]):
-        channel = np.where(mask, np.maximum(image[..., c], 0), 0).astype(np.float32)
-        full = sitk.GetImageFromArray(channel)
-        small = sitk.Shrink(full, [shrink] * 3)
-        corrector = sitk.N4BiasFieldCorrectionImageFilter()
-        corrector.SetMaximumNumberOfIterations(list(iterations))
-        corrector.Execute(small, small_mask)
-        log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(full))
-        out[..., c] = np.where(mask, channel / np.exp(log_field), 0).astype(np.float32)
-    return out
-
-
-def normalize(cropped: np.ndarray, mask: np.ndarray, method: str = "zscore") -> np.ndarray:
-    """Normalises a cropped ``(X, Y, Z, C)`` image inside the brain ``mask`` by ``method``."""
-    if method not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, "
-                         f"got {method!r}")
-    if method == "percentile":
-        cropped = clip_percentiles(cropped, mask)
-    elif method == "n4":
-        cropped = n4_correct(cropped, mask)
-    return zscore_in_mask(cropped, mask)
 
 
 def preprocess_case(

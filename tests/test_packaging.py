@@ -112,7 +112,7 @@ def test_pyproject_pins_equal_requirements():
                + project["optional-dependencies"]["torch"])
     scripts = project["scripts"]
     assert set(scripts) == {"unet3d-train", "unet3d-predict", "unet3d-evaluate",
-                            "unet3d-export", "unet3d-postprocess"}
+                            "unet3d-export", "unet3d-postprocess", "unet3d-campaign"}
 
 
 @pytest.mark.slow

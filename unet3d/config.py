@@ -15,7 +15,7 @@ from typing import Any
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
 from data_generators.labels import MODALITIES, resolve_convention
-from data_generators.preprocessing import NORMALIZATIONS
+from data_generators.normalization import NORMALIZATIONS
 
 OUTPUT_MODES = ("regions", "labels")
 NORMS = ("instance", "none")

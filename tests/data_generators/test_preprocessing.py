@@ -11,14 +11,13 @@ from dg_helpers import save_nifti
 
 from data_generators.errors import InputError
 from data_generators.io import find_case, load_case
+from data_generators.normalization import clip_percentiles, n4_correct
 from data_generators.preprocessing import (
     MAX_FOREGROUND,
     PreprocessedCache,
     brain_bbox,
-    clip_percentiles,
     crop,
     foreground_coords,
-    n4_correct,
     preprocess_case,
     uncrop,
     zscore_in_mask,

@@ -12,6 +12,7 @@ import pytest
 
 from data_generators.synthetic import write_synthetic_dataset
 from tests.conftest import REPO
+from unet3d.cli import campaign as cli
 from unet3d.training import campaign as cp
 
 CAMPAIGN = REPO / "campaigns" / "brats_cv5" / "campaign.json"
@@ -128,10 +129,10 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     }
     (folder / "campaign.json").write_text(json.dumps(definition))
     file = str(folder / "campaign.json")
-    assert cp.main(["split", file]) == 0
-    assert cp.main(["split", file]) == 2  # a campaign keeps its split
+    assert cli.main(["split", file]) == 0
+    assert cli.main(["split", file]) == 2  # a campaign keeps its split
     runs = tmp_path / "runs"
-    assert cp.main(["run", file, "--runs", str(runs)]) == 0
+    assert cli.main(["run", file, "--runs", str(runs)]) == 0
 
     status = json.loads((runs / "status.json").read_text())
     names = ["study/a/fold0", "study/b/fold0", "folds/fold0", "folds/fold1"]
@@ -170,14 +171,42 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
 
     # a second run finds everything done and trains nothing
     before = (runs / "status.json").read_text()
-    assert cp.main(["run", file, "--runs", str(runs)]) == 0
+    assert cli.main(["run", file, "--runs", str(runs)]) == 0
     assert json.loads((runs / "status.json").read_text())["runs"] == json.loads(before)["runs"]
 
-    assert cp.main(["sync", file, "--runs", str(runs)]) == 0
+    # out of fold: every case once, by the fold that validated it; Dice worked out again
+    assert cli.main(["oof", file, "--runs", str(runs)]) == 0
+    oof = json.loads((runs / "oof.json").read_text())
+    assert sorted(oof["cases"]) == sorted(c for f in split for c in f["val"])
+    from unet3d.postprocessing import PostProcessing, read_plan
+
+    plan = PostProcessing(**oof["plan_values"])
+    for case_id, row in oof["cases"].items():
+        assert case_id in split[row["fold"]]["val"]
+        with np.load(runs / "oof" / f"{case_id}.npz") as stored:
+            classes, truth = stored["classes"], stored["truth"]
+        processed = plan.apply(classes)[0]
+        wt_pred, wt_true = processed > 0, truth > 0
+        expected = (2 * (wt_pred & wt_true).sum() / (wt_pred.sum() + wt_true.sum())
+                    if wt_pred.any() or wt_true.any() else 1.0)
+        assert row["postprocessed"]["Dice_WT"] == pytest.approx(expected, abs=1e-6)
+    wt = [row["postprocessed"]["Dice_WT"] for row in oof["cases"].values()]
+    assert oof["overall_postprocessed"]["Dice_WT"]["mean"] == pytest.approx(np.mean(wt),
+                                                                             abs=1e-4)
+    assert oof["overall_postprocessed"]["Dice_WT"]["worst"] == pytest.approx(min(wt), abs=1e-4)
+    for k in (0, 1):  # the plan travels with every fold model
+        stored_plan = read_plan(runs / "published" / f"fold_{k}.keras")
+        assert stored_plan.describe() == oof["plan"]
+    assert cli.main(["plot", file, "--runs", str(runs)]) == 0
+    png = (runs / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert cli.main(["sync", file, "--runs", str(runs)]) == 0
     assert (root / "models" / "tiny" / "fold_1.keras").is_file()
+    assert (folder / "oof.json").is_file() and (folder / "curves.png").is_file()
     assert json.loads((folder / "status.json").read_text())["runs"] == status["runs"]
     capsys.readouterr()
-    assert cp.main(["status", file, "--runs", str(runs)]) == 0
+    assert cli.main(["status", file, "--runs", str(runs)]) == 0
     shown = capsys.readouterr().out
     assert "folds/fold1" in shown and "done" in shown
     shutil.rmtree(runs)
@@ -191,7 +220,7 @@ def test_folds_stage_without_recipe_is_a_one_line_error(tmp_path, capsys):
          "recipe": None}))
     (folder / "s.json").write_text(json.dumps([{"train": ["a"], "val": ["b"]},
                                                {"train": ["b"], "val": ["a"]}]))
-    code = cp.main(["run", str(folder / "campaign.json"), "--runs", str(tmp_path / "r"),
+    code = cli.main(["run", str(folder / "campaign.json"), "--runs", str(tmp_path / "r"),
                     "--stage", "folds"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no 'recipe' yet" in err

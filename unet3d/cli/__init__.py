@@ -9,6 +9,7 @@ console script          module                      what it does
 ``unet3d-evaluate``     :mod:`unet3d.cli.evaluate`  score predictions (Dice, HD95)
 ``unet3d-export``       :mod:`unet3d.cli.export`    LiteRT export (TensorFlow only)
 ``unet3d-postprocess``  :mod:`unet3d.cli.postprocess`  choose and store post-processing
+``unet3d-campaign``     :mod:`unet3d.cli.campaign`  cross-validation campaign
 ======================  ==========================  ==============================
 """
 
@@ -56,6 +57,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     return _run("export", argv)
+
+
+def campaign_main(argv: Sequence[str] | None = None) -> int:
+    return _run("campaign", argv)
 
 
 def postprocess_main(argv: Sequence[str] | None = None) -> int:

@@ -7,12 +7,13 @@ runs folder (``--runs``), so a checkout laid anew cannot break them, and every
 run continues with ``train.py --resume``. Running the campaign again continues
 it wherever it stands, on this machine or another one::
 
-    python -m unet3d.training.campaign run campaigns/brats_cv5/campaign.json \\
-        --runs ~/campaign/brats_cv5 [--stage study|folds]
-    python -m unet3d.training.campaign status campaigns/brats_cv5/campaign.json \\
-        --runs ~/campaign/brats_cv5
-    python -m unet3d.training.campaign sync campaigns/brats_cv5/campaign.json \\
-        --runs ~/campaign/brats_cv5
+    unet3d-campaign run campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5 \\
+        [--stage study|folds] [--data /path/to/brats]
+    unet3d-campaign status campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+    unet3d-campaign oof campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+    unet3d-campaign sync campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+
+(:mod:`unet3d.cli.campaign`; ``python -m unet3d.cli.campaign`` is the same.)
 
 Stages:
 
@@ -27,20 +28,21 @@ Stages:
   ``max_epochs``. A finished fold's ``best.keras`` is saved without optimizer
   state as ``published/fold_<k>.keras`` in the runs folder.
 
-``sync`` copies the status, the study table and the published fold models
+``oof`` segments every case with the fold model that never saw it, chooses
+the post-processing on all of them (:func:`unet3d.postprocessing.choose`) and
+scores them (:mod:`unet3d.training.oof`). ``sync`` copies the status, the
+study table, the out-of-fold report, the curves and the published fold models
 into the repository (``campaigns/<name>/`` and the campaign's ``models``
 folder), ready to commit.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -198,7 +200,7 @@ class Campaign:
     # -- bookkeeping
     def continue_command(self) -> str:
         rel = os.path.relpath(self.campaign["_file"], REPO)
-        return (f"python -m unet3d.training.campaign run {rel} --runs {self.runs_dir} "
+        return (f"python -m unet3d.cli.campaign run {rel} --runs {self.runs_dir} "
                 f"--data {self.campaign['_data']}")
 
     def save_status(self) -> None:
@@ -362,83 +364,3 @@ def publish_weights(source: Path, target: Path) -> Path:
     model.set_weights(trained.get_weights())
     target.parent.mkdir(parents=True, exist_ok=True)
     return save_model(model, target, config.to_dict())
-
-
-def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:
-    lines = [f"campaign {campaign['name']}  (updated {status.get('updated', 'never')})"]
-    for stage in ("study", "folds"):
-        try:
-            runs = planned_runs(campaign, stage)
-        except InputError as err:
-            lines.append(f"{stage}: {err}")
-            continue
-        for run in runs:
-            e = status.get("runs", {}).get(run["name"], {})
-            dice = e.get("val_dice")
-            shown = " ".join(f"{r} {dice[r]:.3f}" for r in REGIONS) if dice else ""
-            lines.append(f"  {run['name']:<32} {e.get('state', 'pending'):<18} "
-                         f"epochs {e.get('epochs_done', 0):>4}  "
-                         f"{e.get('cpu_hours', 0.0):6.2f} CPU-h  {shown}")
-    lines.append(f"continue: {status.get('continue', '')}")
-    return "\n".join(lines)
-
-
-def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
-    """Copies status, study table and published fold models into the repository."""
-    folder = campaign["_file"].parent
-    copied = []
-    for name in ("status.json", "study.json"):
-        if (runs_dir / name).is_file():
-            shutil.copyfile(runs_dir / name, folder / name)
-            copied.append(folder / name)
-    for model in sorted((runs_dir / "published").glob("fold_*.keras")):
-        campaign["_models"].mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model, campaign["_models"] / model.name)
-        copied.append(campaign["_models"] / model.name)
-    for path in copied:
-        log(f"copied {path}")
-    return copied
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("split", "run", "status", "sync", "study"))
-    parser.add_argument("campaign", help="the campaign file (campaigns/<name>/campaign.json)")
-    parser.add_argument("--runs", help="runs folder, outside the work tree")
-    parser.add_argument("--data", help="the BraTS folder, if not where the campaign file says")
-    parser.add_argument("--stage", choices=("study", "folds"), action="append",
-                        help="run only this stage (repeatable; default: study, then folds)")
-    args = parser.parse_args(argv)
-    try:
-        campaign = load_campaign(args.campaign, args.data)
-        if args.command == "split":
-            from data_generators.labels import MODALITIES
-            from data_generators.layouts import find_any_cases
-
-            if campaign["_split"].exists():
-                raise InputError(f"{campaign['_split']}: exists; a campaign keeps its split")
-            ids = [c.case_id for c in find_any_cases(campaign["_data"], MODALITIES,
-                                                             require_label=True)]
-            split = make_split(ids, campaign["split_folds"], campaign["split_seed"])
-            atomic_write_text(campaign["_split"], json.dumps(split, indent=2) + "\n")
-            print(f"wrote {campaign['_split']}: {len(ids)} cases, {len(split)} folds")
-            return 0
-        if not args.runs:
-            raise InputError("--runs is needed: the runs folder, outside the work tree")
-        runner = Campaign(campaign, args.runs)
-        if args.command == "run":
-            return runner.run(args.stage or ["study", "folds"])
-        if args.command == "status":
-            print(format_status(campaign, runner.status))
-        elif args.command == "study":
-            print(json.dumps(runner.write_study(), indent=2))
-        else:
-            sync(campaign, runner.runs_dir)
-        return 0
-    except InputError as err:
-        print(f"campaign: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,168 @@
+"""``unet3d-campaign``: run a training campaign, see where it stands, gather its results.
+
+See :mod:`unet3d.training.campaign` for what a campaign is. Examples::
+
+    unet3d-campaign run campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+    unet3d-campaign status campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+    unet3d-campaign oof campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+    unet3d-campaign plot campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+    unet3d-campaign sync campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from data_generators.errors import InputError
+from data_generators.fileio import atomic_write_text
+from unet3d.training.campaign import (
+    REGIONS,
+    Campaign,
+    load_campaign,
+    make_split,
+    planned_runs,
+    read_curve,
+    read_json,
+    read_split,
+)
+
+
+def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:
+    lines = [f"campaign {campaign['name']}  (updated {status.get('updated', 'never')})"]
+    for stage in ("study", "folds"):
+        try:
+            runs = planned_runs(campaign, stage)
+        except InputError as err:
+            lines.append(f"{stage}: {err}")
+            continue
+        for run in runs:
+            e = status.get("runs", {}).get(run["name"], {})
+            dice = e.get("val_dice")
+            shown = " ".join(f"{r} {dice[r]:.3f}" for r in REGIONS) if dice else ""
+            lines.append(f"  {run['name']:<32} {e.get('state', 'pending'):<18} "
+                         f"epochs {e.get('epochs_done', 0):>4}  "
+                         f"{e.get('cpu_hours', 0.0):6.2f} CPU-h  {shown}")
+    lines.append(f"continue: {status.get('continue', '')}")
+    return "\n".join(lines)
+
+
+def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str, Any]:
+    """Out-of-fold segmentations of every case by the published fold models, the
+    post-processing chosen on them (stored into each fold model) and ``oof.json``."""
+    from unet3d.postprocessing import PostProcessing, write_plan
+    from unet3d.training.oof import out_of_fold_report, predict_out_of_fold, write_report
+
+    split = read_split(campaign)
+    models = {k: runs_dir / "published" / f"fold_{k}.keras" for k in range(len(split))}
+    missing = [k for k, path in models.items() if not path.is_file()]
+    if missing:
+        raise InputError(f"{runs_dir / 'published'}: no model yet for fold(s) "
+                         f"{', '.join(map(str, missing))}; finish the folds stage first")
+    results = predict_out_of_fold(split, models, campaign["_data"], runs_dir / "oof", log=log)
+    report = out_of_fold_report(results)
+    write_report(report, runs_dir / "oof.json")
+    plan = PostProcessing(**report["plan_values"])
+    for path in models.values():
+        write_plan(path, plan)
+    overall = report["overall_postprocessed"]
+    log(f"out-of-fold, {len(results)} cases, post-processing: {report['plan']}")
+    for region in REGIONS:
+        d, h = overall[f"Dice_{region}"], overall[f"HD95_{region}"]
+        log(f"  {region}: Dice mean {d['mean']:.3f} median {d['median']:.3f} worst "
+            f"{d['worst']:.3f}  HD95 mean {h['mean']:.1f} mm")
+    return report
+
+
+def plot(campaign: dict[str, Any], runs_dir: Path) -> Path:
+    """``curves.png``: each fold's validation Dice per region against training steps."""
+    from unet3d.training.oof import plot_curves
+
+    curves, steps = {}, {}
+    for run in planned_runs(campaign, "folds"):
+        run_dir = runs_dir / run["name"]
+        curve = read_curve(run_dir)
+        if curve["mean"]:
+            name = f"fold {run['fold']}"
+            curves[name] = curve
+            steps[name] = int(read_json(run_dir / "config.json", {}).get(
+                "steps_per_epoch", run["config"]["steps_per_epoch"]))
+    if not curves:
+        raise InputError(f"{runs_dir}: no fold has a validation curve yet")
+    return plot_curves(curves, steps, runs_dir / "curves.png")
+
+
+def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
+    """Copies status, study table, out-of-fold report, curves and published fold models into
+    the repository."""
+    folder = campaign["_file"].parent
+    copied = []
+    for name in ("status.json", "study.json", "oof.json", "curves.png"):
+        if (runs_dir / name).is_file():
+            shutil.copyfile(runs_dir / name, folder / name)
+            copied.append(folder / name)
+    for model in sorted((runs_dir / "published").glob("fold_*.keras")):
+        campaign["_models"].mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model, campaign["_models"] / model.name)
+        copied.append(campaign["_models"] / model.name)
+    for path in copied:
+        log(f"copied {path}")
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="unet3d-campaign",
+        description="Run a training campaign (recipe study, then k folds), see where it "
+                    "stands, gather its results.")
+    parser.add_argument("command",
+                        choices=("split", "run", "status", "sync", "study", "oof", "plot"))
+    parser.add_argument("campaign", help="the campaign file (campaigns/<name>/campaign.json)")
+    parser.add_argument("--runs", help="runs folder, outside the work tree")
+    parser.add_argument("--data", help="the BraTS folder, if not where the campaign file says")
+    parser.add_argument("--stage", choices=("study", "folds"), action="append",
+                        help="run only this stage (repeatable; default: study, then folds)")
+    args = parser.parse_args(argv)
+    try:
+        campaign = load_campaign(args.campaign, args.data)
+        if args.command == "split":
+            from data_generators.labels import MODALITIES
+            from data_generators.layouts import find_any_cases
+
+            if campaign["_split"].exists():
+                raise InputError(f"{campaign['_split']}: exists; a campaign keeps its split")
+            ids = [c.case_id for c in find_any_cases(campaign["_data"], MODALITIES,
+                                                             require_label=True)]
+            split = make_split(ids, campaign["split_folds"], campaign["split_seed"])
+            atomic_write_text(campaign["_split"], json.dumps(split, indent=2) + "\n")
+            print(f"wrote {campaign['_split']}: {len(ids)} cases, {len(split)} folds")
+            return 0
+        if not args.runs:
+            raise InputError("--runs is needed: the runs folder, outside the work tree")
+        runner = Campaign(campaign, args.runs)
+        if args.command == "run":
+            return runner.run(args.stage or ["study", "folds"])
+        if args.command == "status":
+            print(format_status(campaign, runner.status))
+        elif args.command == "study":
+            print(json.dumps(runner.write_study(), indent=2))
+        elif args.command == "oof":
+            out_of_fold(campaign, runner.runs_dir)
+        elif args.command == "plot":
+            print(f"wrote {plot(campaign, runner.runs_dir)}")
+        else:
+            sync(campaign, runner.runs_dir)
+        return 0
+    except InputError as err:
+        print(f"unet3d-campaign: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # through the entry point, which answers a full disk too
+    from unet3d.cli import campaign_main
+
+    sys.exit(campaign_main())

@@ -1,0 +1,167 @@
+"""Out-of-fold results of a campaign: every case segmented by the fold model that never saw
+it, post-processing chosen on all of them, scores per fold, and the folds' curves.
+
+``python -m unet3d.training.campaign oof ...`` and ``... plot ...`` call these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_generators.fileio import atomic_write_text
+from data_generators.labels import classes_to_regions
+
+REGIONS = ("WT", "TC", "ET")
+
+
+def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Path],
+                        data_dir: Path, out_dir: Path, log=print) -> dict[str, dict[str, Any]]:
+    """Segments each fold's validation cases with that fold's model, in the model's space
+    (brain crop, 1 mm), before any post-processing. Each case is kept as
+    ``out_dir/<case>.npz`` (``classes``, ``truth``, ``fold``); cases already there are
+    read, not predicted again.
+
+    Returns:
+        ``{case_id: {"classes", "truth", "fold"}}``.
+    """
+    from data_generators.geometry import load_case_for_model
+    from data_generators.io import find_case
+    from data_generators.preprocessing import preprocess_case
+    from unet3d.artifacts import load_artifact
+    from unet3d.inference.pipeline import probabilities_to_classes
+    from unet3d.inference.predictor import Predictor
+    from unet3d.precision import resolve_precision
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for k, fold in enumerate(split):
+        if k not in models:
+            continue
+        model = None
+        for case_id in fold["val"]:
+            path = out_dir / f"{case_id}.npz"
+            if path.is_file():
+                with np.load(path) as stored:
+                    results[case_id] = {"classes": stored["classes"], "truth": stored["truth"],
+                                        "fold": int(stored["fold"])}
+                continue
+            if model is None:
+                model = load_artifact(models[k], precision=resolve_precision("auto"))
+                predictor = Predictor(model.predict_fn, stride=model.stride,
+                                      patch_size=model.patch_size,
+                                      base_filters=model.base_filters)
+            case = find_case(data_dir / case_id, modalities=model.modalities,
+                             require_label=True)
+            image, label, _, _ = load_case_for_model(case, model.label_convention)
+            cropped, truth, _ = preprocess_case(image, label, model.normalization)
+            classes = probabilities_to_classes(predictor(cropped), model.output_mode)
+            classes = classes.astype(np.uint8)
+            tmp = path.with_name(f".{path.stem}.tmp.npz")
+            np.savez_compressed(tmp, classes=classes, truth=truth, fold=k)
+            tmp.replace(path)
+            results[case_id] = {"classes": classes, "truth": truth, "fold": k}
+            log(f"fold {k}: {case_id} segmented")
+    return results
+
+
+def score_regions(classes: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice and HD95 (mm, the 1 mm grid) per region of one class map."""
+    from unet3d.evaluation.scores import dice, hd95
+
+    pred, true = classes_to_regions(classes).astype(bool), classes_to_regions(truth).astype(bool)
+    scores = {}
+    for c, region in enumerate(REGIONS):
+        scores[f"Dice_{region}"] = float(dice(pred[..., c], true[..., c]))
+        scores[f"HD95_{region}"] = float(hd95(pred[..., c], true[..., c]))
+    return scores
+
+
+def summary(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean, median and worst case of each score over ``rows`` (worst: lowest Dice,
+    highest HD95)."""
+    keys = next(iter(rows.values())).keys()
+    out = {}
+    for key in keys:
+        values = np.array([r[key] for r in rows.values()])
+        worst = values.min() if key.startswith("Dice") else values.max()
+        out[key] = {"mean": round(float(values.mean()), 4),
+                    "median": round(float(np.median(values)), 4),
+                    "worst": round(float(worst), 4)}
+    return out
+
+
+def out_of_fold_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Chooses post-processing on every out-of-fold case and scores before and after it,
+    per case, per fold and over all cases."""
+    from unet3d.postprocessing import PostProcessing, choose
+
+    class_maps = {c: r["classes"] for c, r in results.items()}
+    truths = {c: r["truth"] for c, r in results.items()}
+    plan, table = choose(class_maps, truths)
+    raw = PostProcessing(et_min_voxels=0)
+    cases = {}
+    for case_id, r in sorted(results.items()):
+        cases[case_id] = {
+            "fold": r["fold"],
+            "raw": score_regions(raw.apply(r["classes"])[0], r["truth"]),
+            "postprocessed": score_regions(plan.apply(r["classes"])[0], r["truth"]),
+        }
+    report: dict[str, Any] = {"plan": plan.describe(), "plan_values": plan.to_dict(),
+                              "cases": cases}
+    for stage in ("raw", "postprocessed"):
+        report[f"overall_{stage}"] = summary({c: v[stage] for c, v in cases.items()})
+        report[f"per_fold_{stage}"] = {
+            str(k): summary({c: v[stage] for c, v in cases.items() if v["fold"] == k})
+            for k in sorted({v["fold"] for v in cases.values()})}
+    report["candidates"] = table
+    return report
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
+
+
+def plot_curves(curves: dict[str, dict[str, list[float]]], steps_per_epoch: dict[str, int],
+                path: Path) -> Path:
+    """One panel per fold: validation Dice per region (and their mean) against training steps.
+
+    Args:
+        curves: ``{fold name: read_curve(...)}``.
+        steps_per_epoch: ``{fold name: steps}``.
+        path: the PNG to write (atomically).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from data_generators.fileio import atomic_path
+
+    names = sorted(curves)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.0),
+                             sharey=True, squeeze=False)
+    colours = {"WT": "tab:green", "TC": "tab:red", "ET": "tab:orange", "mean": "black"}
+    for ax, name in zip(axes[0], names, strict=False):
+        curve = curves[name]
+        steps = np.array(curve["epoch"]) * steps_per_epoch[name]
+        for key in (*REGIONS, "mean"):
+            ax.plot(steps, curve[key], color=colours[key], label=key,
+                    linewidth=2.0 if key == "mean" else 1.0)
+        if len(steps):
+            tail = max(1, int(np.ceil(len(steps) * 0.2)))
+            ax.axvspan(steps[-tail] - steps_per_epoch[name] / 2, steps[-1], color="0.9")
+        ax.set_title(name)
+        ax.set_xlabel("training steps")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation Dice (patches)")
+    axes[0][0].set_ylim(0, 1)
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path
