@@ -43,6 +43,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,6 +221,9 @@ class Campaign:
         if (run_dir / "last.keras").is_file() or (run_dir / "previous.keras").is_file():
             command += ["--resume"] + (["--epochs", str(epochs)] if epochs else [])
         else:
+            if run_dir.is_dir():  # stopped before its first checkpoint: nothing to keep
+                self.log(f"{run['name']}: no checkpoint yet; starting it again")
+                shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
             config_path = run_dir / "campaign_config.json"
             config = dict(run["config"])
