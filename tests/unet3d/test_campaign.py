@@ -135,7 +135,7 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     assert cli.main(["run", file, "--runs", str(runs)]) == 0
 
     status = json.loads((runs / "status.json").read_text())
-    names = ["study/a/fold0", "study/b/fold0", "folds/fold0", "folds/fold1"]
+    names = ["study/a/fold0", "study/b/fold0", "folds/fold0", "folds/fold1", "final/all"]
     assert sorted(status["runs"]) == sorted(names)
     assert all(status["runs"][n]["state"] == "done" for n in names)
     assert all(status["runs"][n]["cpu_hours"] > 0 for n in names)
@@ -194,9 +194,13 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     assert oof["overall_postprocessed"]["Dice_WT"]["mean"] == pytest.approx(np.mean(wt),
                                                                              abs=1e-4)
     assert oof["overall_postprocessed"]["Dice_WT"]["worst"] == pytest.approx(min(wt), abs=1e-4)
-    for k in (0, 1):  # the plan travels with every fold model
-        stored_plan = read_plan(runs / "published" / f"fold_{k}.keras")
+    for name in ("fold_0", "fold_1", "all"):  # the plan travels with every model
+        stored_plan = read_plan(runs / "published" / f"{name}.keras")
         assert stored_plan.describe() == oof["plan"]
+    # the final model: every case, no validation, the folds' median length (2 epochs)
+    final = read_model_config(runs / "published" / "all.keras")
+    assert final["validation_cases"] == [] and final["epochs"] == 2
+    assert status["runs"]["final/all"]["epochs_done"] == 2
     assert cli.main(["plot", file, "--runs", str(runs)]) == 0
     png = (runs / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -34,7 +34,7 @@ from unet3d.training.campaign import (
 
 def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:
     lines = [f"campaign {campaign['name']}  (updated {status.get('updated', 'never')})"]
-    for stage in ("study", "folds"):
+    for stage in ("study", "folds", "final"):
         try:
             runs = planned_runs(campaign, stage)
         except InputError as err:
@@ -67,7 +67,7 @@ def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str
     report = out_of_fold_report(results)
     write_report(report, runs_dir / "oof.json")
     plan = PostProcessing(**report["plan_values"])
-    for path in models.values():
+    for path in sorted((runs_dir / "published").glob("*.keras")):  # the final model too
         write_plan(path, plan)
     overall = report["overall_postprocessed"]
     log(f"out-of-fold, {len(results)} cases, post-processing: {report['plan']}")
@@ -105,7 +105,7 @@ def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
         if (runs_dir / name).is_file():
             shutil.copyfile(runs_dir / name, folder / name)
             copied.append(folder / name)
-    for model in sorted((runs_dir / "published").glob("fold_*.keras")):
+    for model in sorted((runs_dir / "published").glob("*.keras")):
         campaign["_models"].mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model, campaign["_models"] / model.name)
         copied.append(campaign["_models"] / model.name)
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("campaign", help="the campaign file (campaigns/<name>/campaign.json)")
     parser.add_argument("--runs", help="runs folder, outside the work tree")
     parser.add_argument("--data", help="the BraTS folder, if not where the campaign file says")
-    parser.add_argument("--stage", choices=("study", "folds"), action="append",
-                        help="run only this stage (repeatable; default: study, then folds)")
+    parser.add_argument("--stage", choices=("study", "folds", "final"), action="append",
+                        help="run only this stage (repeatable; default: study, folds, final)")
     args = parser.parse_args(argv)
     try:
         campaign = load_campaign(args.campaign, args.data)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--runs is needed: the runs folder, outside the work tree")
         runner = Campaign(campaign, args.runs)
         if args.command == "run":
-            return runner.run(args.stage or ["study", "folds"])
+            return runner.run(args.stage or ["study", "folds", "final"])
         if args.command == "status":
             print(format_status(campaign, runner.status))
         elif args.command == "study":

@@ -8,7 +8,7 @@ run continues with ``train.py --resume``. Running the campaign again continues
 it wherever it stands, on this machine or another one::
 
     unet3d-campaign run campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5 \\
-        [--stage study|folds] [--data /path/to/brats]
+        [--stage study|folds|final] [--data /path/to/brats]
     unet3d-campaign status campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
     unet3d-campaign oof campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
     unet3d-campaign sync campaigns/brats_cv5/campaign.json --runs ~/campaign/brats_cv5
@@ -27,6 +27,8 @@ Stages:
   ``flat_fraction`` of epochs, it is resumed for ``extend_by`` more, up to
   ``max_epochs``. A finished fold's ``best.keras`` is saved without optimizer
   state as ``published/fold_<k>.keras`` in the runs folder.
+- ``final``: the recipe on every case without validation (nnU-Net's fold
+  "all") for the median of the folds' epochs: ``published/all.keras``.
 
 ``oof`` segments every case with the fold model that never saw it, chooses
 the post-processing on all of them (:func:`unet3d.postprocessing.choose`) and
@@ -140,16 +142,21 @@ def planned_runs(campaign: dict[str, Any], stage: str) -> list[dict[str, Any]]:
             config = {**recipe, "epochs": schedule["epochs"],
                       "steps_per_epoch": schedule["steps_per_epoch"]}
             runs.append({"name": f"folds/fold{k}", "fold": k, "config": config})
+    elif stage == "final":  # nnU-Net's fold "all": every case, no validation
+        runs = planned_runs(campaign, "folds")[:1]
+        runs[0].update(name="final/all", fold=None)
     else:
-        raise InputError(f"unknown stage {stage!r} (study or folds)")
+        raise InputError(f"unknown stage {stage!r} (study, folds or final)")
     for run in runs:
+        val = split[run["fold"]]["val"] if run["fold"] is not None else []
         run["config"] = {**run["config"], "data": str(campaign["_data"]),
-                         "validation_cases": split[run["fold"]]["val"]}
+                         "validation_cases": val}
     return runs
 
 
 def read_curve(run_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch validation Dice of a run's ``log.csv``: ``{"epoch", "mean", "WT", ...}``."""
+    """Per-epoch validation Dice of a run's ``log.csv``: ``{"epoch", "mean", "WT", ...}``
+    (only ``epoch`` for a run without validation)."""
     path = run_dir / "log.csv"
     curve: dict[str, list[float]] = {k: [] for k in ("epoch", "mean", *REGIONS)}
     if not path.is_file():
@@ -157,12 +164,15 @@ def read_curve(run_dir: Path) -> dict[str, list[float]]:
     with open(path, newline="") as handle:
         for row in csv.DictReader(handle):
             try:
-                curve["epoch"].append(int(row["epoch"]) + 1)
-                curve["mean"].append(float(row["val_dice_mean"]))
-                for region in REGIONS:
-                    curve[region].append(float(row[f"val_dice_{region.lower()}"]))
-            except (KeyError, ValueError):
+                epoch = int(row["epoch"]) + 1
+                scores = ([float(row["val_dice_mean"])]
+                          + [float(row[f"val_dice_{r.lower()}"]) for r in REGIONS]
+                          if "val_dice_mean" in row else [])
+            except (KeyError, ValueError, TypeError):
                 break
+            curve["epoch"].append(epoch)
+            for key, value in zip(("mean", *REGIONS), scores, strict=False):
+                curve[key].append(value)
     return curve
 
 
@@ -248,7 +258,7 @@ class Campaign:
         entry["cpu_hours"] = round(entry["cpu_hours"] + cpu / 3600, 4)
         entry["wall_hours"] = round(entry["wall_hours"] + (time.time() - start) / 3600, 4)
         curve = read_curve(run_dir)
-        entry["epochs_done"] = len(curve["mean"])
+        entry["epochs_done"] = len(curve["epoch"])
         if curve["mean"]:
             best = int(np.argmax(curve["mean"]))
             entry["best_epoch"] = best + 1
@@ -303,6 +313,8 @@ class Campaign:
                 entry["state"] = "done"
                 self.save_status()
             return code
+        if stage == "final":
+            return self._run_final(run)
         schedule = self.campaign["folds"]
         epochs = int(read_json(run_dir / "config.json", {}).get("epochs", schedule["epochs"]))
         while True:
@@ -324,6 +336,30 @@ class Campaign:
         publish_weights(run_dir / "best.keras", published)
         entry["published"] = str(published)
         entry["state"] = "done"
+        self.save_status()
+        return 0
+
+    def final_epochs(self) -> int:
+        """The final model's epochs: the median, rounded up, of the epochs the folds
+        trained until their curves were flat."""
+        folds = [self.status["runs"].get(r["name"], {})
+                 for r in planned_runs(self.campaign, "folds")]
+        if not all(f.get("state") == "done" for f in folds):
+            raise InputError("the final model needs every fold done first (its length is "
+                             "the folds' median)")
+        return int(math.ceil(float(np.median([f["epochs_done"] for f in folds]))))
+
+    def _run_final(self, run: dict[str, Any]) -> int:
+        run_dir = self.runs_dir / run["name"]
+        epochs = self.final_epochs()
+        if len(read_curve(run_dir)["epoch"]) < epochs or not (run_dir / "best.keras").is_file():
+            code = self._train(run, epochs)
+            if code:
+                return code
+        entry = self.entry(run["name"])
+        published = self.runs_dir / "published" / "all.keras"
+        publish_weights(run_dir / "best.keras", published)
+        entry.update(published=str(published), state="done", epochs_done=epochs)
         self.save_status()
         return 0
 
