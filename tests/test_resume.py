@@ -164,3 +164,28 @@ def test_resume_with_no_loadable_checkpoint_is_one_line(tmp_path):
     assert resumed.wait(timeout=600) == 2
     err = resumed.stderr.read().strip()
     assert len(err.splitlines()) == 1 and str(run / "last.keras") in err, err[-2000:]
+
+
+@pytest.mark.slow
+def test_signal_before_the_first_checkpoint_says_nothing_to_resume(tmp_path):
+    """Stopped inside epoch 1 (an epoch of 10,000 steps cannot end first): the line does
+    not promise a last.keras that does not exist, and names the way to start again."""
+    run = tmp_path / "early"
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({**CONFIG, "steps_per_epoch": 10000,
+                               "cache_dir": str(tmp_path / "cache")}))
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(cfg),
+                             "--out", str(run)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "log.csv").exists():
+        time.sleep(0.05)  # CSVLogger opens log.csv when fit starts
+    time.sleep(2)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    err = proc.stderr.read()
+    message = [line for line in err.splitlines() if line.startswith("train.py:")]
+    assert len(message) == 1, err[-2000:]
+    assert "before any checkpoint: nothing to resume" in message[0]
+    assert "--resume" not in message[0] and "Traceback" not in err
+    assert not (run / "last.keras").exists()

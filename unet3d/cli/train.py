@@ -165,9 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     except Preempted as stop:
-        print(f"train.py: {stop} during epoch {stop.epochs_done + 1}; {config.out}/last.keras "
-              f"holds epoch {stop.epochs_done}; continue with: python train.py --out "
-              f"{config.out} --resume", file=sys.stderr)
+        if stop.epochs_done == 0 and not (Path(config.out) / "last.keras").is_file():
+            print(f"train.py: {stop} during epoch 1, before any checkpoint: nothing to resume; "
+                  f"start again with another --out (or after removing {config.out})",
+                  file=sys.stderr)
+        else:
+            print(f"train.py: {stop} during epoch {stop.epochs_done + 1}; {config.out}/last.keras"
+                  f" holds epoch {stop.epochs_done}; continue with: python train.py --out "
+                  f"{config.out} --resume", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:  # before training started
         print("train.py: interrupted; continue with --resume", file=sys.stderr)
