@@ -208,6 +208,15 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     assert cli.main(["sync", file, "--runs", str(runs)]) == 0
     assert (root / "models" / "tiny" / "fold_1.keras").is_file()
     assert (folder / "oof.json").is_file() and (folder / "curves.png").is_file()
+    # each fold's config re-runs it with train.py: what it trained with, less the data path
+    for k in (0, 1):
+        rerun = json.loads((folder / "configs" / f"fold{k}.json").read_text())
+        trained = json.loads((runs / "folds" / f"fold{k}" / "config.json").read_text())
+        assert "data" not in rerun and rerun["epochs"] == len(cp.read_curve(
+            runs / "folds" / f"fold{k}")["epoch"]) == 2
+        assert rerun["validation_cases"] == split[k]["val"] == trained["validation_cases"]
+        assert rerun["loss"] == trained["loss"] == "dice"
+    assert json.loads((folder / "configs" / "all.json").read_text())["validation_cases"] == []
     assert json.loads((folder / "status.json").read_text())["runs"] == status["runs"]
     capsys.readouterr()
     assert cli.main(["status", file, "--runs", str(runs)]) == 0

@@ -96,6 +96,27 @@ def plot(campaign: dict[str, Any], runs_dir: Path) -> Path:
     return plot_curves(curves, steps, runs_dir / "curves.png")
 
 
+def write_fold_configs(campaign: dict[str, Any], status: dict[str, Any]) -> list[Path]:
+    """``<campaign folder>/configs/<run>.config.json``: each fold's (and the final model's)
+    training config, with the epochs it actually trained when it is done; re-run one with
+    ``train.py --config FILE --data DIR --out RUN``."""
+    written = []
+    stages = ("folds", "final") if campaign.get("recipe") else ()
+    for stage in stages:
+        for run in planned_runs(campaign, stage):
+            config = {k: v for k, v in run["config"].items() if k != "data"}
+            entry = status.get("runs", {}).get(run["name"], {})
+            if entry.get("state") == "done":
+                config["epochs"] = entry["epochs_done"]
+            elif stage == "final":
+                continue  # its length is known once the folds are done
+            path = campaign["_file"].parent / "configs" / f"{run['name'].split('/')[1]}.json"
+            path.parent.mkdir(exist_ok=True)
+            atomic_write_text(path, json.dumps(config, indent=2) + "\n")
+            written.append(path)
+    return written
+
+
 def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
     """Copies status, study table, out-of-fold report, curves and published fold models into
     the repository."""
@@ -109,6 +130,7 @@ def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
         campaign["_models"].mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model, campaign["_models"] / model.name)
         copied.append(campaign["_models"] / model.name)
+    copied += write_fold_configs(campaign, read_json(runs_dir / "status.json", {}) or {})
     for path in copied:
         log(f"copied {path}")
     return copied

@@ -234,6 +234,7 @@ class Campaign:
             if run_dir.is_dir():  # stopped before its first checkpoint: nothing to keep
                 self.log(f"{run['name']}: no checkpoint yet; starting it again")
                 shutil.rmtree(run_dir)
+                self.entry(run["name"]).update(cpu_hours=0.0, wall_hours=0.0)  # spent for nothing
             run_dir.mkdir(parents=True, exist_ok=True)
             config_path = run_dir / "campaign_config.json"
             config = dict(run["config"])
@@ -316,7 +317,9 @@ class Campaign:
         if stage == "final":
             return self._run_final(run)
         schedule = self.campaign["folds"]
-        epochs = int(read_json(run_dir / "config.json", {}).get("epochs", schedule["epochs"]))
+        # a resumed run's config.json keeps its first length: the log says how far it went
+        epochs = max(int(read_json(run_dir / "config.json", {}).get("epochs", schedule["epochs"])),
+                     len(read_curve(run_dir)["epoch"]))
         while True:
             if not (run_dir / "validation.json").is_file() or \
                     len(read_curve(run_dir)["mean"]) < epochs:
