@@ -6,6 +6,10 @@ post-processing chosen for it on validation cases
 (:mod:`unet3d.postprocessing`). A ``.keras`` file embeds the config
 (:mod:`unet3d.artifacts.keras_file`); a ``.tflite`` file keeps it in
 ``<file>.json`` beside it (:mod:`unet3d.artifacts.litert_file`).
+
+A folder of ``fold_<k>.keras`` models (a cross-validation campaign's, as
+nnU-Net's model folders) is one artifact too: the ensemble, whose
+probabilities are the mean of its members'.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class Artifact:
     precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
     postprocessing: PostProcessing | None = None  # the plan stored with the model file
     normalization: str = "zscore"  # the intensity normalisation it was trained on
+    members: int = 1  # models averaged (a folder of fold models)
 
 
 def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -> Artifact:
@@ -65,6 +70,8 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
             channels disagree with the configured modalities.
     """
     path = Path(path)
+    if path.is_dir():
+        return load_ensemble(path, precision=precision)
     if path.suffix.lower() == ".tflite":
         return _load_litert(path, threads)
     model = load_model(path)
@@ -88,6 +95,45 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
                        label_convention=config.label_convention, precision=precision,
                        spatial_dims=config.model.spatial_dims, postprocessing=read_plan(path),
                        normalization=config.normalization)
+
+
+ENSEMBLE_FIELDS = ("modalities", "output_mode", "stride", "patch_size", "label_convention",
+                   "spatial_dims", "normalization")
+
+
+def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
+    """The ``fold_*.keras`` models of ``folder`` as one artifact: probabilities averaged
+    over the members; the post-processing plan is the members' (they must agree on it and
+    on their inputs)."""
+    members = sorted(folder.glob("fold_*.keras"))
+    if not members:
+        raise InputError(f"{folder}: a folder model needs fold_<k>.keras files; none found")
+    loaded = [load_artifact(member, precision=precision) for member in members]
+    first = loaded[0]
+    for other in loaded[1:]:
+        for name in ENSEMBLE_FIELDS:
+            if getattr(other, name) != getattr(first, name):
+                raise InputError(f"{other.path}: {name} {getattr(other, name)!r} differs from "
+                                 f"{first.path.name}'s {getattr(first, name)!r}")
+        if other.postprocessing != first.postprocessing:
+            raise InputError(f"{other.path}: its post-processing plan differs from "
+                             f"{first.path.name}'s; store one plan in every member "
+                             "(unet3d-campaign oof does)")
+    functions = [member.predict_fn for member in loaded]
+
+    def predict_fn(batch):
+        total = functions[0](batch).astype("float32")
+        for fn in functions[1:]:
+            total += fn(batch)
+        return total / len(functions)
+
+    return Artifact(path=folder, predict_fn=predict_fn, modalities=first.modalities,
+                    output_mode=first.output_mode, stride=first.stride,
+                    base_filters=first.base_filters,  # the members run in turn
+                    patch_size=first.patch_size, label_convention=first.label_convention,
+                    spatial_dims=first.spatial_dims, precision=precision,
+                    postprocessing=first.postprocessing, normalization=first.normalization,
+                    members=len(loaded))
 
 
 def with_precision(model, model_config, precision: str):

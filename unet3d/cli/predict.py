@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Segment brain tumors (BraTS layout) with a trained 3D U-Net.")
     parser.add_argument("--model",
                         help="a .keras model (its run's config inside or config.json beside "
-                             "it) or an exported LiteRT .tflite (its .tflite.json beside it); "
+                             "it), an exported LiteRT .tflite (its .tflite.json beside it) or "
+                             "a folder of fold_<k>.keras models (their ensemble); "
                              f"default: the shipped models/{DEFAULT_NAME}.keras")
     parser.add_argument("--input", required=True,
                         help="a case folder (four modalities) or a folder of case folders")
