@@ -140,14 +140,9 @@ def flops_and_peak(case: str) -> tuple[float, float, tuple[int, ...]]:
 
 
 def cpu_line() -> str:
-    from unet3d.precision import NATIVE_BF16_FLAGS, cpu_flags
+    from unet3d.env import describe_cpu
 
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    flags = cpu_flags()
-    shown = [f for f in ("avx2", "avx512f", *NATIVE_BF16_FLAGS) if f in flags]
-    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512'}"
+    return describe_cpu()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,3 +75,20 @@ def prepare_backend() -> str:
     if backend == "tensorflow":
         import_tensorflow_quietly()
     return backend
+
+
+def describe_cpu(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """This machine's CPU for a report: model, core count and the flags that decide its
+    speed here (``avx2``, ``avx512f``, ``avx512_bf16``, ``amx_bf16``)."""
+    try:
+        lines = Path(cpuinfo).read_text().splitlines()
+    except OSError:
+        lines = []
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{fields.get('model name', 'unknown CPU')}, {os.cpu_count()} cores, flags: "
+            f"{' '.join(shown) or 'none of avx2/avx512'}")

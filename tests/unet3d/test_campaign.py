@@ -217,6 +217,11 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
         assert rerun["validation_cases"] == split[k]["val"] == trained["validation_cases"]
         assert rerun["loss"] == trained["loss"] == "dice"
     assert json.loads((folder / "configs" / "all.json").read_text())["validation_cases"] == []
+    results = (folder / "results.md").read_text()
+    assert "| a | - |" in results and "| b | loss=dice, batch_dice=True |" in results
+    assert "| fold0 | done | 2 | False |" in results
+    mean_wt = oof["overall_postprocessed"]["Dice_WT"]["mean"]
+    assert f"| postprocessed mean | {mean_wt:.3f} |" in results
     assert json.loads((folder / "status.json").read_text())["runs"] == status["runs"]
     capsys.readouterr()
     assert cli.main(["status", file, "--runs", str(runs)]) == 0

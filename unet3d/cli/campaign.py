@@ -117,6 +117,72 @@ def write_fold_configs(campaign: dict[str, Any], status: dict[str, Any]) -> list
     return written
 
 
+def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
+    """The campaign's figures as Markdown tables, from its status, study and out-of-fold
+    report: what a model card quotes."""
+    status = read_json(runs_dir / "status.json", {}) or {}
+    runs = status.get("runs", {})
+    machines = sorted({e["machine"] for e in runs.values() if e.get("machine")})
+    total = sum(e.get("cpu_hours", 0.0) for e in runs.values())
+    lines = [f"# Campaign `{campaign['name']}`: results", "",
+             f"Written by `unet3d-campaign sync` from `status.json` (updated "
+             f"{status.get('updated', 'never')}). Machine: {'; '.join(machines) or 'unknown'}. "
+             f"CPU-hours spent so far (user + system time of the training processes): "
+             f"{total:.2f}.", ""]
+    study = read_json(runs_dir / "study.json", {}) or {}
+    if study:
+        folds = campaign["study"]["folds"]
+        sched = campaign["study"].get("schedule", {})
+        lines += ["## Recipe study", "",
+                  f"Each arm on folds {', '.join(map(str, folds))}, "
+                  f"{sched.get('epochs', '?')} x {sched.get('steps_per_epoch', '?')} steps "
+                  "from scratch; whole-volume Dice of the fold's validation cases (best "
+                  "epoch), mean over folds; spread: max - min of the folds' mean Dice.", "",
+                  "| arm | overrides | WT | TC | ET | mean | spread | CPU-h | mean Dice / CPU-h |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, arm in study.items():
+            m = arm["mean"]
+            spread = f"{arm['spread']:.3f}" if arm.get("spread") is not None else "1 fold"
+            overrides = ", ".join(f"{k}={v}" for k, v in arm["overrides"].items()) or "-"
+            lines.append(f"| {name} | {overrides} | {m['WT']:.3f} | {m['TC']:.3f} | "
+                         f"{m['ET']:.3f} | {m['mean']:.3f} | {spread} | {arm['cpu_hours']:.2f} "
+                         f"| {arm['dice_per_cpu_hour']:.2f} |")
+        lines.append("")
+    fold_runs = [r for r in runs if r.startswith("folds/")]
+    if fold_runs:
+        lines += ["## Folds", "", "| fold | state | epochs | flat | CPU-h | WT | TC | ET |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in sorted(fold_runs):
+            e = runs[name]
+            d = e.get("val_dice") or {}
+            lines.append(f"| {name.split('/')[1]} | {e['state']} | {e.get('epochs_done', 0)} "
+                         f"| {e.get('flat', '-')} | {e.get('cpu_hours', 0):.2f} | "
+                         + " | ".join(f"{d[r]:.3f}" if r in d else "-" for r in REGIONS) + " |")
+        lines.append("")
+    oof = read_json(runs_dir / "oof.json")
+    if oof:
+        lines += ["## Out of fold", "", f"{len(oof['cases'])} cases, each segmented by the fold "
+                  f"model that never saw it; post-processing chosen on all of them: "
+                  f"{oof['plan']}.", "",
+                  "| | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
+                  "|---|---|---|---|---|---|---|"]
+        keys = [f"{m}_{r}" for m in ("Dice", "HD95") for r in REGIONS]
+        for stage in ("raw", "postprocessed"):
+            summary = oof[f"overall_{stage}"]
+            for stat in ("mean", "median", "worst"):
+                lines.append(f"| {stage} {stat} | " + " | ".join(
+                    f"{summary[k][stat]:.3f}" if k.startswith("Dice") else
+                    f"{summary[k][stat]:.1f}" for k in keys) + " |")
+        lines += ["", "| fold | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
+                  "|---|---|---|---|---|---|---|"]
+        for fold, summary in oof["per_fold_postprocessed"].items():
+            lines.append(f"| {fold} | " + " | ".join(
+                f"{summary[k]['mean']:.3f}" if k.startswith("Dice") else
+                f"{summary[k]['mean']:.1f}" for k in keys) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
     """Copies status, study table, out-of-fold report, curves and published fold models into
     the repository."""
@@ -131,6 +197,9 @@ def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
         shutil.copyfile(model, campaign["_models"] / model.name)
         copied.append(campaign["_models"] / model.name)
     copied += write_fold_configs(campaign, read_json(runs_dir / "status.json", {}) or {})
+    results = folder / "results.md"
+    atomic_write_text(results, results_markdown(campaign, runs_dir) + "\n")
+    copied.append(results)
     for path in copied:
         log(f"copied {path}")
     return copied

@@ -57,6 +57,7 @@ import numpy as np
 
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
+from unet3d.env import describe_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 REGIONS = ("WT", "TC", "ET")
@@ -245,6 +246,7 @@ class Campaign:
         entry = self.entry(run["name"])
         entry["state"] = "running"
         entry["command"] = " ".join(command[1:])
+        entry["machine"] = describe_cpu()
         self.save_status()
         self.log(f"[{time.strftime('%H:%M:%S')}] {run['name']}: {' '.join(command[1:])}")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
