@@ -217,6 +217,13 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
         assert rerun["validation_cases"] == split[k]["val"] == trained["validation_cases"]
         assert rerun["loss"] == trained["loss"] == "dice"
     assert json.loads((folder / "configs" / "all.json").read_text())["validation_cases"] == []
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    for arm in ("a", "b"):  # the study's HParams trials, one per arm and fold
+        events = list((folder / "study" / f"{arm}_fold0").glob("events.out.tfevents.*"))
+        assert len(events) == 1
+        tags = {v.tag for e in EventFileLoader(str(events[0])).Load() for v in e.summary.value}
+        assert "validation/dice_wt" in tags
     results = (folder / "results.md").read_text()
     assert "| a | - |" in results and "| b | loss=dice, batch_dice=True |" in results
     assert "| fold0 | done | 2 | False |" in results

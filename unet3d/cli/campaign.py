@@ -184,8 +184,8 @@ def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
 
 
 def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
-    """Copies status, study table, out-of-fold report, curves and published fold models into
-    the repository."""
+    """Copies status, study table and HParams trials, out-of-fold report, curves and
+    published fold models into the repository."""
     folder = campaign["_file"].parent
     copied = []
     for name in ("status.json", "study.json", "oof.json", "curves.png"):
@@ -197,6 +197,12 @@ def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
         shutil.copyfile(model, campaign["_models"] / model.name)
         copied.append(campaign["_models"] / model.name)
     copied += write_fold_configs(campaign, read_json(runs_dir / "status.json", {}) or {})
+    for trial in sorted((runs_dir / "study").glob("*/fold*/tensorboard/hparams")):
+        arm, fold = trial.parts[-4], trial.parts[-3]  # the study's HParams trials
+        target = folder / "study" / f"{arm}_{fold}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(trial, target)
+        copied.append(target)
     results = folder / "results.md"
     atomic_write_text(results, results_markdown(campaign, runs_dir) + "\n")
     copied.append(results)
