@@ -230,6 +230,19 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     mean_wt = oof["overall_postprocessed"]["Dice_WT"]["mean"]
     assert f"| postprocessed mean | {mean_wt:.3f} |" in results
     assert json.loads((folder / "status.json").read_text())["runs"] == status["runs"]
+    # another machine, without the runs folder: the repository's status and models carry
+    # the finished work, nothing is trained again, the curves are drawn from the status
+    elsewhere = tmp_path / "elsewhere"
+    assert cli.main(["run", file, "--runs", str(elsewhere)]) == 0
+    seeded = json.loads((elsewhere / "status.json").read_text())
+    assert sorted(seeded["runs"]) == sorted(names)
+    assert all(e["state"] == "done" for e in seeded["runs"].values())
+    assert not (elsewhere / "folds").exists() and not (elsewhere / "study").exists()
+    assert sorted(p.name for p in (elsewhere / "published").iterdir()) == [
+        "all.keras", "fold_0.keras", "fold_1.keras"]
+    assert cli.main(["plot", file, "--runs", str(elsewhere)]) == 0
+    assert (elsewhere / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
     capsys.readouterr()
     assert cli.main(["status", file, "--runs", str(runs)]) == 0
     shown = capsys.readouterr().out

@@ -83,9 +83,12 @@ def plot(campaign: dict[str, Any], runs_dir: Path) -> Path:
     from unet3d.training.oof import plot_curves
 
     curves, steps = {}, {}
+    status = read_json(runs_dir / "status.json", {}) or {}
     for run in planned_runs(campaign, "folds"):
         run_dir = runs_dir / run["name"]
         curve = read_curve(run_dir)
+        if not curve["mean"]:  # the run folder is gone: the curve kept in the status
+            curve = status.get("runs", {}).get(run["name"], {}).get("curve") or curve
         if curve["mean"]:
             name = f"fold {run['fold']}"
             curves[name] = curve

@@ -204,10 +204,33 @@ class Campaign:
         self.log = log
         self.status_path = self.runs_dir / "status.json"
         self.status = read_json(self.status_path, {}) or {}
+        if not self.status:
+            self._seed_from_repository()
         self.status.setdefault("campaign", campaign["name"])
         self.status.setdefault("runs", {})
         self._child: subprocess.Popen | None = None
         self._signal: int | None = None
+
+    def _seed_from_repository(self) -> None:
+        """A new runs folder (another machine, or the old one lost) starts from what the
+        repository kept: the finished runs of its ``status.json`` and the committed models,
+        so finished work is not done again."""
+        kept = read_json(self.campaign["_file"].parent / "status.json", {}) or {}
+        done = {n: e for n, e in kept.get("runs", {}).items() if e.get("state") == "done"}
+        published = self.runs_dir / "published"
+        for name, entry in list(done.items()):
+            if "published" in entry:
+                source = self.campaign["_models"] / Path(entry["published"]).name
+                if not source.is_file():  # not committed: that run is done again
+                    del done[name]
+                    continue
+                published.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, published / source.name)
+                entry["published"] = str(published / source.name)
+        if done:
+            self.status = {"campaign": self.campaign["name"], "runs": done}
+            self.log(f"{self.runs_dir}: new runs folder; {len(done)} finished runs taken from "
+                     f"{self.campaign['_file'].parent / 'status.json'}")
 
     # -- bookkeeping
     def continue_command(self) -> str:
@@ -337,6 +360,7 @@ class Campaign:
             self.log(f"{run['name']}: curve still rising after {len(curve)} epochs; "
                      f"extending to {epochs}")
         entry["flat"] = bool(flat)
+        entry["curve"] = read_curve(run_dir)  # kept in the status: the figure outlives the run
         published = self.runs_dir / "published" / f"fold_{run['fold']}.keras"
         publish_weights(run_dir / "best.keras", published)
         entry["published"] = str(published)
