@@ -40,7 +40,6 @@ folder), ready to commit.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -58,141 +57,18 @@ import numpy as np
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_write_text
 from unet3d.env import describe_cpu
+from unet3d.training.campaign_plan import (  # noqa: F401  (the campaign's API, in one place)
+    REGIONS,
+    is_flat,
+    load_campaign,
+    make_split,
+    planned_runs,
+    read_curve,
+    read_json,
+    read_split,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-REGIONS = ("WT", "TC", "ET")
-
-
-# ---- the campaign file and its split -------------------------------------------------
-def load_campaign(path: str | Path, data: str | Path | None = None) -> dict[str, Any]:
-    """Reads a campaign file; paths in it are made absolute.
-
-    ``data`` is relative to the repository root (the campaign folder's
-    grandparent) unless the ``data`` argument gives the folder; ``split`` and
-    ``models`` are relative to the campaign file's folder and the repository
-    root respectively.
-    """
-    path = Path(path).resolve()
-    try:
-        campaign = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable campaign file ({err})") from None
-    for key in ("name", "data", "split", "study", "folds"):
-        if key not in campaign:
-            raise InputError(f"{path}: no {key!r} entry")
-    root = path.parent.parent.parent
-    campaign["_file"] = path
-    campaign["_data"] = Path(data).expanduser().resolve() if data else \
-        (root / campaign["data"]).resolve()
-    campaign["_split"] = path.parent / campaign["split"]
-    campaign["_models"] = root / campaign.get("models", f"models/{campaign['name']}")
-    return campaign
-
-
-def make_split(case_ids: list[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
-    """A seeded k-fold split of ``case_ids`` (sorted, then permuted with ``seed``):
-    one ``{"train": [...], "val": [...]}`` per fold, as nnU-Net's ``splits_final.json``."""
-    ids = sorted(case_ids)
-    if len(set(ids)) != len(ids) or not 2 <= folds <= len(ids):
-        raise InputError(f"cannot split {len(ids)} cases into {folds} folds")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    split = []
-    for part in np.array_split(order, folds):
-        val = sorted(ids[i] for i in part)
-        split.append({"train": [c for c in ids if c not in val], "val": val})
-    return split
-
-
-def read_split(campaign: dict[str, Any]) -> list[dict[str, list[str]]]:
-    """The campaign's split, checked: each fold's sets are disjoint, the validation sets
-    are disjoint and each fold trains on all the other cases."""
-    path = campaign["_split"]
-    try:
-        split = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable split ({err})") from None
-    every = set().union(*(set(f["train"]) | set(f["val"]) for f in split))
-    seen: set[str] = set()
-    for k, fold in enumerate(split):
-        train, val = set(fold["train"]), set(fold["val"])
-        if train & val or train | val != every or val & seen:
-            raise InputError(f"{path}: fold {k} does not partition the cases")
-        seen |= val
-    return split
-
-
-# ---- runs -----------------------------------------------------------------------------
-def planned_runs(campaign: dict[str, Any], stage: str) -> list[dict[str, Any]]:
-    """The runs of a stage, in order: ``{"name", "fold", "config"}`` each."""
-    split = read_split(campaign)
-    runs = []
-    if stage == "study":
-        study = campaign["study"]
-        for arm, overrides in study["arms"].items():
-            for k in study["folds"]:
-                config = {**study["base"], **study.get("schedule", {}), **overrides}
-                runs.append({"name": f"study/{arm}/fold{k}", "fold": k, "arm": arm,
-                             "config": config})
-    elif stage == "folds":
-        recipe = campaign.get("recipe")
-        if not recipe:
-            raise InputError(f"{campaign['_file']}: no 'recipe' yet; run and read the study, "
-                             "then write the chosen recipe into the campaign file")
-        schedule = campaign["folds"]
-        for k in range(len(split)):
-            config = {**recipe, "epochs": schedule["epochs"],
-                      "steps_per_epoch": schedule["steps_per_epoch"]}
-            runs.append({"name": f"folds/fold{k}", "fold": k, "config": config})
-    elif stage == "final":  # nnU-Net's fold "all": every case, no validation
-        runs = planned_runs(campaign, "folds")[:1]
-        runs[0].update(name="final/all", fold=None)
-    else:
-        raise InputError(f"unknown stage {stage!r} (study, folds or final)")
-    for run in runs:
-        val = split[run["fold"]]["val"] if run["fold"] is not None else []
-        run["config"] = {**run["config"], "data": str(campaign["_data"]),
-                         "validation_cases": val}
-    return runs
-
-
-def read_curve(run_dir: Path) -> dict[str, list[float]]:
-    """Per-epoch validation Dice of a run's ``log.csv``: ``{"epoch", "mean", "WT", ...}``
-    (only ``epoch`` for a run without validation)."""
-    path = run_dir / "log.csv"
-    curve: dict[str, list[float]] = {k: [] for k in ("epoch", "mean", *REGIONS)}
-    if not path.is_file():
-        return curve
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            try:
-                epoch = int(row["epoch"]) + 1
-                scores = ([float(row["val_dice_mean"])]
-                          + [float(row[f"val_dice_{r.lower()}"]) for r in REGIONS]
-                          if "val_dice_mean" in row else [])
-            except (KeyError, ValueError, TypeError):
-                break
-            curve["epoch"].append(epoch)
-            for key, value in zip(("mean", *REGIONS), scores, strict=False):
-                curve[key].append(value)
-    return curve
-
-
-def is_flat(values: list[float], flat_fraction: float, tolerance: float,
-            min_epochs: int = 5) -> bool:
-    """True when the best of the last ``flat_fraction`` of ``values`` is no more than
-    ``tolerance`` above the best before it (the curve stopped rising)."""
-    n = len(values)
-    if n < max(min_epochs, 2):
-        return False
-    tail = max(1, math.ceil(n * flat_fraction))
-    return max(values[-tail:]) <= max(values[:-tail]) + tolerance
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
 
 
 class Campaign:
