@@ -43,7 +43,7 @@ def test_ensemble_is_the_mean_of_its_members(tmp_path):
 def test_members_that_disagree_are_refused(tmp_path):
     folder = tmp_path / "cv"
     folder.mkdir()
-    with pytest.raises(InputError, match="needs fold_<k>.keras files; none found"):
+    with pytest.raises(InputError, match="is a folder without fold_<k>.keras models"):
         load_artifact(folder)
     member(folder / "fold_0.keras", 0)
     member(folder / "fold_1.keras", 1, config=CONFIG.replace(normalization="n4"))

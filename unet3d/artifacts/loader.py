@@ -107,7 +107,9 @@ def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
     on their inputs)."""
     members = sorted(folder.glob("fold_*.keras"))
     if not members:
-        raise InputError(f"{folder}: a folder model needs fold_<k>.keras files; none found")
+        raise InputError(f"{folder}: is a folder without fold_<k>.keras models (a folder "
+                         "model is their ensemble); expected a .keras or .tflite file or such "
+                         "a folder")
     loaded = [load_artifact(member, precision=precision) for member in members]
     first = loaded[0]
     for other in loaded[1:]:

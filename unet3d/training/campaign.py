@@ -181,6 +181,7 @@ class Campaign:
     # -- stages
     def run(self, stages: list[str]) -> int:
         old = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.save_status()  # a runs folder seeded from the repository says so at once
         try:
             for stage in stages:
                 code = self._run_stage(stage)
