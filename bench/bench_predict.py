@@ -11,7 +11,10 @@ matrix-multiply peak.
 
 Usage:
     python bench/bench_predict.py [--case ../shared/data/brats2018/Brats18_CBICA_AOZ_1]
-        [--base-filters 16] [--depth 5] [--no-tta] [--bf16-tta]
+        [--base-filters 16] [--depth 5] [--no-tta] [--bf16-tta] [--ensemble K]
+
+``--ensemble K`` adds, for each configuration, a K-model fold ensemble (a folder of
+``fold_<k>.keras``, as ``predict.py --model FOLDER`` takes it) beside the single model.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="fp32,fp32-eigen,bf16",
                         help="fp32 (oneDNN kernels), fp32-eigen (TF_ENABLE_ONEDNN_OPTS=0), bf16")
     parser.add_argument("--bf16-tta", action="store_true", help="also bf16 with TTA (slow)")
+    parser.add_argument("--ensemble", type=int, default=1, metavar="K",
+                        help="also time a K-model fold ensemble in each configuration")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -96,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     padded = tuple(s + (-s % config.model.stride) for s in cropped.shape[:3])
     flops = conv_flops(build_unet3d(config.model, spatial_shape=padded))
     peak = matmul_peak_gflops()
+    from unet3d.env import describe_cpu
+
+    print(f"machine: {describe_cpu()}")
     print(f"case {Path(args.case).name}: {tuple(props['original_shape'])}, cropped to "
           f"{cropped.shape[:3]}, padded to {padded}")
     print(f"network: base {args.base_filters}, depth {args.depth}; convolutions "
@@ -109,27 +117,36 @@ def main(argv: list[str] | None = None) -> int:
         configs.insert(1, ("fp32", "fp32", True, "1"))
     if args.bf16_tta:  # bf16 3D convolutions are slow on CPUs without AVX-512 BF16
         configs.append(("bf16", "bf16", True, "1"))
-    configs = [c for c in configs if c[0] in args.configs.split(",")]
+    configs = [(*c, 1) for c in configs if c[0] in args.configs.split(",")]
+    if args.ensemble > 1:
+        configs = [row for c in configs for row in (c, (*c[:4], args.ensemble))]
     with tempfile.TemporaryDirectory() as tmp:
         model_path = save_model(build_unet3d(config.model), Path(tmp) / "model.keras",
                                 config.to_dict())
-        print(f"{'kernels':10} {'TTA':4} {'mode':6} {'load+prep':>9} {'network':>8} "
-              f"{'write':>6} {'total':>7} {'net/ideal':>9} {'peak GB':>7}")
-        for label, precision, tta, onednn in configs:
-            cmd = [sys.executable, __file__, "--worker", "--model", str(model_path),
+        folder = Path(tmp) / "folds"
+        for k in range(args.ensemble if args.ensemble > 1 else 0):
+            import keras
+
+            keras.utils.set_random_seed(k)
+            save_model(build_unet3d(config.model), folder / f"fold_{k}.keras", config.to_dict())
+        print(f"{'kernels':10} {'TTA':4} {'models':6} {'mode':6} {'load+prep':>9} "
+              f"{'network':>8} {'write':>6} {'total':>7} {'net/ideal':>9} {'peak GB':>7}")
+        for label, precision, tta, onednn, members in configs:
+            target = model_path if members == 1 else folder
+            cmd = [sys.executable, __file__, "--worker", "--model", str(target),
                    "--case", args.case, "--out", str(Path(tmp) / "out"),
                    "--precision", precision, "--base-filters", str(args.base_filters),
                    "--depth", str(args.depth)] + (["--tta"] if tta else [])
             env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": onednn}
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
-                print(f"{label} tta={tta}: failed\n{proc.stderr[-2000:]}")
+                print(f"{label} tta={tta} models={members}: failed\n{proc.stderr[-2000:]}")
                 continue
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             rt = result["runtime"]
-            passes = 8 if tta else 1
+            passes = (8 if tta else 1) * members
             ratio = rt["network"] / (passes * flops / peak / 1e9)
-            print(f"{label:10} {'yes' if tta else 'no':4} {result['mode']:6} "
+            print(f"{label:10} {'yes' if tta else 'no':4} {members:6} {result['mode']:6} "
                   f"{rt['load_preprocess']:8.2f}s {rt['network']:7.2f}s {rt['write']:5.2f}s "
                   f"{rt['total']:6.2f}s {ratio:8.2f}x {result['peak_gb']:7.2f}")
     return 0
