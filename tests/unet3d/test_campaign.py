@@ -285,3 +285,35 @@ def test_recipe_fields_are_checked_and_recorded():
     restored = TrainConfig.from_dict(old)
     assert (restored.normalization, restored.batch_dice, restored.augment_strength) == (
         "zscore", False, 1.0)
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    """train.py refuses an --out that holds a config.json but no checkpoint (and --resume
+    has nothing to resume): the campaign clears such a run and starts it again."""
+    monkeypatch.setenv("UNET3D_MEMORY_GB", "64")
+    root = tmp_path / "repo"
+    write_synthetic_dataset(root / "data", n_cases=4, shape=(48, 48, 40), seed=5)
+    folder = root / "campaigns" / "one"
+    folder.mkdir(parents=True)
+    base = {"model": {"base_filters": 4, "depth": 3, "dropout": 0.0},
+            "patch_size": [32, 32, 32], "val_patches_per_case": 1,
+            "cache_dir": str(tmp_path / "cache")}
+    (folder / "campaign.json").write_text(json.dumps({
+        "name": "one", "data": "data", "split": "splits_final.json", "split_folds": 2,
+        "split_seed": 0, "study": {"folds": [0], "base": base,
+                                   "schedule": {"epochs": 1, "steps_per_epoch": 2},
+                                   "arms": {"a": {}}},
+        "folds": {}}))
+    file = str(folder / "campaign.json")
+    assert cli.main(["split", file]) == 0
+    runs = tmp_path / "runs"
+    stale = runs / "study" / "a" / "fold0"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")  # what a run stopped in epoch 1 leaves
+    (stale / "log.csv").write_text("epoch,loss\n")
+    assert cli.main(["run", file, "--runs", str(runs), "--stage", "study"]) == 0
+    entry = json.loads((runs / "status.json").read_text())["runs"]["study/a/fold0"]
+    assert entry["state"] == "done" and entry["epochs_done"] == 1
+    assert json.loads((stale / "config.json").read_text())["epochs"] == 1  # written anew
+    assert (stale / "validation.json").is_file()
