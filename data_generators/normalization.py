@@ -11,6 +11,19 @@ import numpy as np
 
 NORMALIZATIONS = ("zscore", "percentile", "n4")
 PERCENTILES = (0.5, 99.5)
+N4_SHRINK = 4
+N4_ITERATIONS = (50, 50, 50, 50)
+
+
+def normalization_settings(method: str) -> dict:
+    """What a cached case's normalisation depends on, beyond its name (part of the cache
+    fingerprint: other settings rebuild the case)."""
+    if method == "percentile":
+        return {"percentiles": list(PERCENTILES)}
+    if method == "n4":
+        return {"shrink": N4_SHRINK, "iterations": list(N4_ITERATIONS),
+                "fit_mask": "brain and this sequence > 0"}
+    return {}
 
 
 def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -60,8 +73,8 @@ def clip_percentiles(image: np.ndarray, mask: np.ndarray,
     return out
 
 
-def n4_correct(image: np.ndarray, mask: np.ndarray, shrink: int = 4,
-               iterations: tuple[int, ...] = (50, 50, 50, 50)) -> np.ndarray:
+def n4_correct(image: np.ndarray, mask: np.ndarray, shrink: int = N4_SHRINK,
+               iterations: tuple[int, ...] = N4_ITERATIONS) -> np.ndarray:
     """Per-channel N4 bias-field correction (SimpleITK) inside ``mask``.
 
     The field is fitted on the image shrunk by ``shrink`` (as is usual for
@@ -80,15 +93,17 @@ def n4_correct(image: np.ndarray, mask: np.ndarray, shrink: int = 4,
     out = np.zeros(image.shape, dtype=np.float32)
     if not mask.any():
         return out
-    mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
-    small_mask = sitk.Shrink(mask_img, [shrink] * 3)
     for c in range(image.shape[-1]):
         channel = np.where(mask, np.maximum(image[..., c], 0), 0).astype(np.float32)
         full = sitk.GetImageFromArray(channel)
         small = sitk.Shrink(full, [shrink] * 3)
+        # fitted where this sequence has signal: a zero inside the brain mask (a voxel only
+        # another sequence covers) is no intensity to correct
+        fit_mask = sitk.Shrink(sitk.GetImageFromArray((mask & (channel > 0)).astype(np.uint8)),
+                               [shrink] * 3)
         corrector = sitk.N4BiasFieldCorrectionImageFilter()
         corrector.SetMaximumNumberOfIterations(list(iterations))
-        corrector.Execute(small, small_mask)
+        corrector.Execute(small, fit_mask)
         log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(full))
         out[..., c] = np.where(mask, channel / np.exp(log_field), 0).astype(np.float32)
     return out

@@ -30,6 +30,7 @@ from data_generators.io import CaseFiles
 from data_generators.labels import resolve_convention
 from data_generators.normalization import (  # noqa: F401  (zscore_in_mask: its old home)
     NORMALIZATIONS,
+    normalization_settings,
     normalize,
     zscore_in_mask,
 )
@@ -156,7 +157,8 @@ def _fingerprint(case: CaseFiles, label_convention: str,
         "has_label": case.label is not None,
     }
     if normalization != "zscore":  # the z-score caches of earlier versions stay valid
-        fingerprint["normalization"] = normalization
+        fingerprint["normalization"] = {"method": normalization,
+                                         **normalization_settings(normalization)}
     # an LGG patient's files are the same whichever channels are read: name them
     channels = getattr(case, "modalities", None)
     if channels is not None:

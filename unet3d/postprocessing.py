@@ -46,7 +46,7 @@ from unet3d.evaluation.scores import region_dice
 ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
 MIN_COMPONENT_SIZES = (1000, 5000, 20000)
-MAX_DISTANCES_MM = (10.0, 20.0, 40.0)
+MAX_DISTANCES_MM = (40.0, 20.0, 10.0)  # mildest first, as the sizes: ties keep the mildest
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,10 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
     def best_of(plans: list[PostProcessing]) -> PostProcessing:
         best, best_score = None, -1.0
         for plan in plans:
-            means = table.setdefault(plan.describe(), _score(plan, class_maps, truth_regions))
+            key = plan.describe()
+            if key not in table:
+                table[key] = _score(plan, class_maps, truth_regions)
+            means = table[key]
             if means["mean"] > best_score + 1e-9:
                 best, best_score = plan, means["mean"]
         assert best is not None

@@ -268,7 +268,8 @@ def test_normalisations_keep_separate_caches(tmp_path, make_case):
     assert clipped.root.name == plain.root.name + "-percentile"
     a, b = plain.get(source), clipped.get(source)
     assert "normalization" not in a.properties["fingerprint"]
-    assert b.properties["fingerprint"]["normalization"] == "percentile"
+    assert b.properties["fingerprint"]["normalization"] == {"method": "percentile",
+                                                            "percentiles": [0.5, 99.5]}
     np.testing.assert_allclose(np.asarray(b.image),
                                preprocess_case(load_case(source)[0], None, "percentile")[0])
     with pytest.raises(InputError, match="normalization must be one of"):

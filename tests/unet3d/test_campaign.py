@@ -42,7 +42,21 @@ def test_committed_fold_models_agree_with_split_and_status(brats_dir):
     status = json.loads((CAMPAIGN.parent / "status.json").read_text())
     from unet3d.artifacts.keras_file import read_model_config
 
-    for model in sorted(campaign["_models"].glob("fold_*.keras")):
+    planned = {r["name"] for stage in ("study",) for r in cp.planned_runs(campaign, stage)}
+    if campaign["recipe"]:
+        planned |= {r["name"] for stage in ("folds", "final")
+                    for r in cp.planned_runs(campaign, stage)}
+    assert set(status["runs"]) <= planned  # the status speaks of this campaign's runs only
+    for name, entry in status["runs"].items():
+        if name.startswith("study/") and entry["state"] == "done":  # trained as planned
+            arm = name.split("/")[1]
+            config = {**campaign["study"]["base"], **campaign["study"]["arms"][arm]}
+            assert entry["val_dice"] and entry["cpu_hours"] > 0, name
+            assert f"/{name}" in entry["command"], name
+            assert config  # the arm still exists in the campaign file
+    models = sorted(campaign["_models"].glob("fold_*.keras"))
+    assert not models or campaign["recipe"], "fold models without a recipe"
+    for model in models:
         k = int(model.stem.split("_")[1])
         config = read_model_config(model)
         assert sorted(config["validation_cases"]) == split[k]["val"], model
@@ -143,6 +157,7 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     for k in (0, 1):
         entry = status["runs"][f"folds/fold{k}"]
         assert entry["epochs_done"] == 2 and entry["flat"] is False  # extended 1 -> 2
+        assert entry["target_epochs"] == 2
     study = json.loads((runs / "study.json").read_text())
     assert sorted(study) == ["a", "b"]
     b = json.loads((runs / "study" / "b" / "fold0" / "config.json").read_text())
@@ -242,6 +257,9 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
         "all.keras", "fold_0.keras", "fold_1.keras"]
     assert cli.main(["plot", file, "--runs", str(elsewhere)]) == 0
     assert (elsewhere / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["sync", file, "--runs", str(elsewhere)]) == 0  # the tables survive
+    again = (folder / "results.md").read_text()
+    assert "| a | - |" in again and f"| postprocessed mean | {mean_wt:.3f} |" in again
 
     capsys.readouterr()
     assert cli.main(["status", file, "--runs", str(runs)]) == 0

@@ -23,6 +23,7 @@ from data_generators.fileio import atomic_write_text
 from unet3d.training.campaign import (
     REGIONS,
     Campaign,
+    copy_atomic,
     load_campaign,
     make_split,
     planned_runs,
@@ -96,7 +97,8 @@ def plot(campaign: dict[str, Any], runs_dir: Path) -> Path:
                 "steps_per_epoch", run["config"]["steps_per_epoch"]))
     if not curves:
         raise InputError(f"{runs_dir}: no fold has a validation curve yet")
-    return plot_curves(curves, steps, runs_dir / "curves.png")
+    return plot_curves(curves, steps, runs_dir / "curves.png",
+                       campaign["folds"].get("flat_fraction", 0.2))
 
 
 def write_fold_configs(campaign: dict[str, Any], status: dict[str, Any]) -> list[Path]:
@@ -193,11 +195,10 @@ def sync(campaign: dict[str, Any], runs_dir: Path, log=print) -> list[Path]:
     copied = []
     for name in ("status.json", "study.json", "oof.json", "curves.png"):
         if (runs_dir / name).is_file():
-            shutil.copyfile(runs_dir / name, folder / name)
+            copy_atomic(runs_dir / name, folder / name)
             copied.append(folder / name)
     for model in sorted((runs_dir / "published").glob("*.keras")):
-        campaign["_models"].mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model, campaign["_models"] / model.name)
+        copy_atomic(model, campaign["_models"] / model.name)
         copied.append(campaign["_models"] / model.name)
     copied += write_fold_configs(campaign, read_json(runs_dir / "status.json", {}) or {})
     for trial in sorted((runs_dir / "study").glob("*/fold*/tensorboard/hparams")):

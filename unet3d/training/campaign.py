@@ -100,9 +100,12 @@ class Campaign:
                 if not source.is_file():  # not committed: that run is done again
                     del done[name]
                     continue
-                published.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, published / source.name)
+                copy_atomic(source, published / source.name)
                 entry["published"] = str(published / source.name)
+        for name in ("study.json", "oof.json"):  # the tables made from those runs
+            kept_file = self.campaign["_file"].parent / name
+            if done and kept_file.is_file():
+                copy_atomic(kept_file, self.runs_dir / name)
         if done:
             self.status = {"campaign": self.campaign["name"], "runs": done}
             self.log(f"{self.runs_dir}: new runs folder; {len(done)} finished runs taken from "
@@ -126,6 +129,8 @@ class Campaign:
 
     # -- one training process
     def _train(self, run: dict[str, Any], epochs: int | None = None) -> int:
+        if self._signal is not None:  # asked to stop between two training processes
+            return 128 + self._signal
         run_dir = self.runs_dir / run["name"]
         command = [sys.executable, str(REPO / "train.py"), "--out", str(run_dir)]
         if (run_dir / "last.keras").is_file() or (run_dir / "previous.keras").is_file():
@@ -134,7 +139,10 @@ class Campaign:
             if run_dir.is_dir():  # stopped before its first checkpoint: nothing to keep
                 self.log(f"{run['name']}: no checkpoint yet; starting it again")
                 shutil.rmtree(run_dir)
-                self.entry(run["name"]).update(cpu_hours=0.0, wall_hours=0.0)  # spent for nothing
+                entry = self.entry(run["name"])  # its cost bought nothing: kept apart
+                entry["cpu_hours_discarded"] = round(
+                    entry.get("cpu_hours_discarded", 0.0) + entry["cpu_hours"], 4)
+                entry.update(cpu_hours=0.0, wall_hours=0.0)
             run_dir.mkdir(parents=True, exist_ok=True)
             config_path = run_dir / "campaign_config.json"
             config = dict(run["config"])
@@ -155,6 +163,8 @@ class Campaign:
                                            cwd=REPO)
             code = self._child.wait()
             self._child = None
+        if code < 0:  # killed by a signal's default action: the shell's 128 + signal
+            code = 128 - code
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         entry["cpu_hours"] = round(entry["cpu_hours"] + cpu / 3600, 4)
@@ -219,17 +229,20 @@ class Campaign:
         if stage == "final":
             return self._run_final(run)
         schedule = self.campaign["folds"]
-        # a resumed run's config.json keeps its first length: the log says how far it went
-        epochs = max(int(read_json(run_dir / "config.json", {}).get("epochs", schedule["epochs"])),
+        # the length aimed at is kept in the status (a resumed run's config.json keeps its
+        # first length); the log says how far it went
+        epochs = max(int(entry.get("target_epochs", schedule["epochs"])),
                      len(read_curve(run_dir)["epoch"]))
         while True:
+            entry["target_epochs"] = epochs
             if not (run_dir / "validation.json").is_file() or \
                     len(read_curve(run_dir)["mean"]) < epochs:
                 code = self._train(run, epochs)
                 if code:
                     return code
             curve = read_curve(run_dir)["mean"]
-            flat = is_flat(curve, schedule["flat_fraction"], schedule["tolerance"])
+            flat = is_flat(curve, schedule["flat_fraction"], schedule["tolerance"],
+                           schedule.get("min_epochs", 5))
             if flat or epochs >= schedule["max_epochs"]:
                 break
             epochs = min(epochs + schedule["extend_by"], schedule["max_epochs"])
@@ -293,6 +306,16 @@ class Campaign:
                                              3)
         atomic_write_text(self.runs_dir / "study.json", json.dumps(table, indent=2) + "\n")
         return table
+
+
+def copy_atomic(source: Path, target: Path) -> Path:
+    """Copies a file under a temporary name beside ``target``, then renames it: an
+    interrupted copy never leaves a truncated ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.copy.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 def publish_weights(source: Path, target: Path) -> Path:

@@ -1,7 +1,7 @@
 """Out-of-fold results of a campaign: every case segmented by the fold model that never saw
 it, post-processing chosen on all of them, scores per fold, and the folds' curves.
 
-``python -m unet3d.training.campaign oof ...`` and ``... plot ...`` call these.
+``unet3d-campaign oof ...`` and ``unet3d-campaign plot ...`` call these.
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
         model = None
         for case_id in fold["val"]:
             path = out_dir / f"{case_id}.npz"
+            made_by = model_stamp(models[k])
             if path.is_file():
                 with np.load(path) as stored:
-                    results[case_id] = {"classes": stored["classes"], "truth": stored["truth"],
-                                        "fold": int(stored["fold"])}
-                continue
+                    if "model" in stored and str(stored["model"]) == made_by:
+                        results[case_id] = {"classes": stored["classes"],
+                                            "truth": stored["truth"], "fold": int(stored["fold"])}
+                        continue  # made by this very fold model: not predicted again
             if model is None:
                 model = load_artifact(models[k], precision=resolve_precision("auto"))
                 predictor = Predictor(model.predict_fn, stride=model.stride,
@@ -61,11 +63,22 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
             classes = probabilities_to_classes(predictor(cropped), model.output_mode)
             classes = classes.astype(np.uint8)
             tmp = path.with_name(f".{path.stem}.tmp.npz")
-            np.savez_compressed(tmp, classes=classes, truth=truth, fold=k)
+            np.savez_compressed(tmp, classes=classes, truth=truth, fold=k, model=made_by)
             tmp.replace(path)
             results[case_id] = {"classes": classes, "truth": truth, "fold": k}
             log(f"fold {k}: {case_id} segmented")
     return results
+
+
+def model_stamp(path: Path) -> str:
+    """Which model file made a prediction: its name, size and CRC-32 (the post-processing
+    plan stored later does not count: only the network's weights do)."""
+    import zipfile
+    import zlib
+
+    with zipfile.ZipFile(path) as archive:
+        weights = archive.read("model.weights.h5")
+    return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
 
 
 def score_regions(classes: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -126,13 +139,14 @@ def write_report(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_curves(curves: dict[str, dict[str, list[float]]], steps_per_epoch: dict[str, int],
-                path: Path) -> Path:
+                path: Path, flat_fraction: float = 0.2) -> Path:
     """One panel per fold: validation Dice per region (and their mean) against training steps.
 
     Args:
         curves: ``{fold name: read_curve(...)}``.
         steps_per_epoch: ``{fold name: steps}``.
         path: the PNG to write (atomically).
+        flat_fraction: the last share of each curve that the flat-curve rule reads (shaded).
     """
     import matplotlib
 
@@ -152,7 +166,7 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], steps_per_epoch: dict
             ax.plot(steps, curve[key], color=colours[key], label=key,
                     linewidth=2.0 if key == "mean" else 1.0)
         if len(steps):
-            tail = max(1, int(np.ceil(len(steps) * 0.2)))
+            tail = max(1, int(np.ceil(len(steps) * flat_fraction)))
             ax.axvspan(steps[-tail] - steps_per_epoch[name] / 2, steps[-1], color="0.9")
         ax.set_title(name)
         ax.set_xlabel("training steps")
