@@ -165,6 +165,10 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     a_val = json.loads((runs / "study" / "a" / "fold0" / "validation.json").read_text())
     assert study["a"]["mean"]["WT"] == pytest.approx(
         np.mean([c["WT"] for c in a_val.values()]), abs=1e-4)
+    a_cost = status["runs"]["study/a/fold0"]["cpu_hours"]  # one fold: per fold = in all
+    assert study["a"]["cpu_hours_per_fold"] == pytest.approx(a_cost, abs=1e-3)
+    assert study["a"]["dice_per_cpu_hour"] == pytest.approx(
+        study["a"]["mean"]["mean"] / study["a"]["cpu_hours_per_fold"], rel=1e-3)
 
     split = json.loads((folder / "splits_final.json").read_text())
     import keras

@@ -143,14 +143,16 @@ def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
                   f"{sched.get('epochs', '?')} x {sched.get('steps_per_epoch', '?')} steps "
                   "from scratch; whole-volume Dice of the fold's validation cases (best "
                   "epoch), mean over folds; spread: max - min of the folds' mean Dice.", "",
-                  "| arm | overrides | WT | TC | ET | mean | spread | CPU-h | mean Dice / CPU-h |",
+                  "| arm | overrides | WT | TC | ET | mean | spread | CPU-h per fold "
+                  "| mean Dice per CPU-h of one fold |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, arm in study.items():
             m = arm["mean"]
             spread = f"{arm['spread']:.3f}" if arm.get("spread") is not None else "1 fold"
             overrides = ", ".join(f"{k}={v}" for k, v in arm["overrides"].items()) or "-"
             lines.append(f"| {name} | {overrides} | {m['WT']:.3f} | {m['TC']:.3f} | "
-                         f"{m['ET']:.3f} | {m['mean']:.3f} | {spread} | {arm['cpu_hours']:.2f} "
+                         f"{m['ET']:.3f} | {m['mean']:.3f} | {spread} | "
+                         f"{arm.get('cpu_hours_per_fold', arm['cpu_hours']):.2f} "
                          f"| {arm['dice_per_cpu_hour']:.2f} |")
         lines.append("")
     fold_runs = [r for r in runs if r.startswith("folds/")]

@@ -284,8 +284,9 @@ class Campaign:
 
     # -- the study's table
     def write_study(self) -> dict[str, Any]:
-        """``study.json``: per arm, whole-volume validation Dice per fold, mean, spread and
-        CPU-hours; written from the finished study runs."""
+        """``study.json``: per arm, whole-volume validation Dice per fold, mean, spread,
+        CPU-hours (in all and per fold run) and mean Dice per CPU-hour of one fold run;
+        written from the finished study runs."""
         table: dict[str, Any] = {}
         for run in planned_runs(self.campaign, "study"):
             entry = self.status["runs"].get(run["name"], {})
@@ -302,7 +303,10 @@ class Campaign:
             arm["mean"]["mean"] = round(float(np.mean(per_fold_mean)), 4)
             arm["spread"] = round(float(np.ptp(per_fold_mean)), 4) if len(folds) > 1 else None
             arm["cpu_hours"] = round(float(np.sum([f["cpu_hours"] for f in folds])), 3)
-            arm["dice_per_cpu_hour"] = round(arm["mean"]["mean"] / max(arm["cpu_hours"], 1e-9),
+            # per fold run, so that arms with fewer folds done so far compare fairly
+            arm["cpu_hours_per_fold"] = round(arm["cpu_hours"] / len(folds), 3)
+            arm["dice_per_cpu_hour"] = round(arm["mean"]["mean"] / max(
+                arm["cpu_hours_per_fold"], 1e-9),
                                              3)
         atomic_write_text(self.runs_dir / "study.json", json.dumps(table, indent=2) + "\n")
         return table
