@@ -155,6 +155,11 @@ def tumor_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
     return ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
 
 
+def largest_label(components: np.ndarray) -> int:
+    """The label of the largest component of an ``ndimage.label`` map (the first on a tie)."""
+    return 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+
+
 def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
     """Zeroes every tumor voxel outside the largest 26-connected whole-tumor component.
 
@@ -164,7 +169,7 @@ def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
     components, count = tumor_components(classes)
     if count <= 1:
         return classes, 0
-    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    largest = largest_label(components)
     return np.where(components == largest, classes, 0).astype(classes.dtype), count - 1
 
 
@@ -196,7 +201,7 @@ def remove_distant_components(classes: np.ndarray, max_distance: float
     components, count = tumor_components(classes)
     if count <= 1:
         return classes, 0
-    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    largest = largest_label(components)
     distance = ndimage.distance_transform_edt(components != largest)
     others = [i for i in range(1, count + 1) if i != largest]
     nearest = np.asarray(ndimage.minimum(distance, components, index=others))
@@ -214,7 +219,7 @@ def keep_largest_of(classes: np.ndarray, members: tuple[int, ...], demote_to: in
     components, count = ndimage.label(region, structure=np.ones((3, 3, 3), bool))
     if count <= 1:
         return classes
-    largest = 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    largest = largest_label(components)
     out = classes.copy()
     out[region & (components != largest)] = demote_to
     return out
