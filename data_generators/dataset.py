@@ -233,7 +233,8 @@ class ValidationPatchDataset(keras.utils.PyDataset):
 class EpochSpan(keras.utils.PyDataset):
     """The batches of several epochs of a :class:`BratsPatchDataset`, end to end.
 
-    Batch ``k`` is ``dataset.batch_at(initial_epoch + k // steps, k % steps)``,
+    Batch ``k`` is ``dataset.batch_at(initial_epoch + j // steps, j % steps)`` with
+    ``j = k + first_step``,
     a pure function of its position. Pass ``steps_per_epoch`` to ``fit`` and
     Keras keeps one iterator across epochs, so what each epoch trains on does
     not depend on when Keras prefetches, and a resumed run (``initial_epoch``)
@@ -250,6 +251,9 @@ class EpochSpan(keras.utils.PyDataset):
         dataset: BratsPatchDataset. Its ``len`` is the steps per epoch.
         initial_epoch: int, default 0. First epoch.
         epochs: int, default 1. One past the last epoch.
+        first_step: int, default 0. Steps of ``initial_epoch`` already done (a
+            run resumed from a step checkpoint): the span starts at batch
+            ``first_step`` of that epoch.
         workers: int, default 1. Threads computing batches ahead (0 or 1:
             none, batches are computed when asked for).
         max_queue_size: int, default 10. Batches computed ahead at most.
@@ -259,23 +263,26 @@ class EpochSpan(keras.utils.PyDataset):
 
     def __init__(self, dataset: BratsPatchDataset, initial_epoch: int = 0, epochs: int = 1,
                  workers: int = 1, max_queue_size: int = 10,
-                 use_multiprocessing: bool = False) -> None:
+                 use_multiprocessing: bool = False, first_step: int = 0) -> None:
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         if epochs <= initial_epoch:
             raise ValueError(f"epochs ({epochs}) must exceed initial_epoch ({initial_epoch})")
+        if not 0 <= first_step < len(dataset):
+            raise ValueError(f"first_step ({first_step}) must lie in 0..{len(dataset) - 1}")
         self.dataset = dataset
         self.initial_epoch = int(initial_epoch)
         self.epochs = int(epochs)
+        self.first_step = int(first_step)
         self.prefetch_threads = int(workers) if int(workers) > 1 else 0
         self.ahead = max(1, int(max_queue_size))
         self._pool: ThreadPoolExecutor | None = None
         self._pending: dict[int, Future] = {}
 
     def __len__(self) -> int:
-        return (self.epochs - self.initial_epoch) * len(self.dataset)
+        return (self.epochs - self.initial_epoch) * len(self.dataset) - self.first_step
 
     def _compute(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        epoch, index = divmod(int(k), len(self.dataset))
+        epoch, index = divmod(int(k) + self.first_step, len(self.dataset))
         return self.dataset.batch_at(self.initial_epoch + epoch, index)
 
     def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:

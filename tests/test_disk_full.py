@@ -150,6 +150,56 @@ def test_training_checkpoint_on_a_full_disk_keeps_the_last_one(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_tensorboard_write_on_a_full_disk_is_one_line(data, tmp_path):
+    """The event writer's refused write reaches the main thread: exit 74, one line naming
+    the event file; the events, the log and the checkpoints stay byte for byte."""
+    cfg = tiny_config(tmp_path, steps_per_epoch=2, val_patches_per_case=1, val_fraction=0.34,
+                      seed=0, cache_dir=str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    train = [sys.executable, str(REPO / "train.py"), "--config", str(cfg), "--data", str(data)]
+    done = subprocess.run([*train, "--out", str(run)], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "UNET3D_MEMORY_GB": "16"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    # only the TensorBoard folder lies on the full disk: the run's own files have room
+    events = tmp_path / "events"
+    shutil.move(run / "tensorboard", events)
+    (run / "tensorboard").symlink_to(tmp_path / "disk" / "tb")
+    before, events_before = snapshot(run), snapshot(events)
+    assert any("events.out.tfevents" in name for name in events_before)
+
+    rc, err, after = on_full_disk(tmp_path, [*train, "--out", str(run), "--resume",
+                                             "--epochs", "2"], copy=[(events, "tb")])
+    assert rc == 74, err[-3000:]
+    one_line(err, str(run / "tensorboard" / "train" / "events.out.tfevents"),
+             "cannot write (No space left on device)")
+    assert snapshot(after / "tb") == events_before  # no torn record, no empty new file
+    assert snapshot(run) == before  # log.csv, last.keras, state.json: as epoch 1 left them
+    assert not temporaries(after) and not temporaries(run)
+
+
+def test_training_log_row_on_a_full_disk_keeps_the_previous_rows(tmp_path):
+    """log.csv's row that the storage refuses: the file keeps its earlier rows whole, no
+    torn last line, no temporary file."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    script = textwrap.dedent("""
+        import sys
+        from unet3d.training.summaries import CsvLog
+        log = CsvLog(sys.argv[1], append=True)
+        log.on_train_begin()
+        log.on_epoch_end(2, {"loss": 0.5, "val_dice_mean": 0.25})
+    """)
+    (logs / "log.csv").write_text("epoch,loss,val_dice_mean\n0,0.75,0.125\n1,0.625,0.1875\n")
+    before = snapshot(logs)
+    rc, err, after = on_full_disk(tmp_path, [sys.executable, "-c", script,
+                                             str(tmp_path / "disk" / "logs" / "log.csv")],
+                                  copy=[(logs, "logs")])
+    assert rc != 0 and "No space left on device" in err, err[-2000:]
+    assert snapshot(after / "logs") == before
+    assert not temporaries(after)
+
+
+@pytest.mark.slow
 def test_preprocessing_cache_on_a_full_disk_is_one_line(data, tmp_path):
     cfg = tiny_config(tmp_path, steps_per_epoch=1)
     rc, err, after = on_full_disk(

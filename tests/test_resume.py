@@ -83,36 +83,6 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     assert steps == [0, 1, 2]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_after_the_step_and_resume_matches(signum, reference, tmp_path):
-    """A preemption (SIGTERM) or Ctrl-C (SIGINT) mid-epoch: the step finishes, the last
-    complete epoch stays checkpointed, one line says how to resume, exit 128 + signal."""
-
-    run = tmp_path / "stopped"
-    proc = start(tmp_path, run)
-    state = run / "state.json"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "training ended before the signal"
-    sent = time.time()
-    os.kill(proc.pid, signum)
-    proc.wait(timeout=120)
-    waited = time.time() - sent
-    err = proc.stderr.read()
-    assert proc.returncode == 128 + signum, err[-2000:]
-    assert "Traceback" not in err
-    message = [line for line in err.splitlines() if line.startswith("train.py:")]
-    assert len(message) == 1 and f"--out {run} --resume" in message[0], err[-2000:]
-    done = json.loads(state.read_text())["epoch"]
-    assert f"holds epoch {done}" in message[0]
-    assert waited < 60, waited  # one step and the shutdown, not the rest of the run
-    resume_and_compare(run, done, reference, tmp_path)
-
-
 def kill_after_epoch(tmp_path, run, epoch):
     proc = start(tmp_path, run)
     state = run / "state.json"
@@ -164,28 +134,3 @@ def test_resume_with_no_loadable_checkpoint_is_one_line(tmp_path):
     assert resumed.wait(timeout=600) == 2
     err = resumed.stderr.read().strip()
     assert len(err.splitlines()) == 1 and str(run / "last.keras") in err, err[-2000:]
-
-
-@pytest.mark.slow
-def test_signal_before_the_first_checkpoint_says_nothing_to_resume(tmp_path):
-    """Stopped inside epoch 1 (an epoch of 10,000 steps cannot end first): the line does
-    not promise a last.keras that does not exist, and names the way to start again."""
-    run = tmp_path / "early"
-    cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({**CONFIG, "steps_per_epoch": 10000,
-                               "cache_dir": str(tmp_path / "cache")}))
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "--config", str(cfg),
-                             "--out", str(run)], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run / "log.csv").exists():
-        time.sleep(0.05)  # CSVLogger opens log.csv when fit starts
-    time.sleep(2)
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    err = proc.stderr.read()
-    message = [line for line in err.splitlines() if line.startswith("train.py:")]
-    assert len(message) == 1, err[-2000:]
-    assert "before any checkpoint: nothing to resume" in message[0]
-    assert "--resume" not in message[0] and "Traceback" not in err
-    assert not (run / "last.keras").exists()

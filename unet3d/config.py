@@ -140,6 +140,10 @@ class TrainConfig:
             modalities, another output mode).
         freeze_encoder_epochs: int, default 0. With ``init_from``, train only
             the decoder for this many epochs, then everything.
+        checkpoint_every: int, default 0. Write a step checkpoint
+            (``step.keras``) every this many steps, so that even a SIGKILL
+            loses at most that many; 0: only on SIGTERM or SIGINT. Epoch
+            checkpoints are written either way.
     """
 
     data: str | None = None
@@ -175,12 +179,15 @@ class TrainConfig:
     synthetic_shape: tuple[int, int, int] = (96, 96, 80)
     init_from: str | None = None
     freeze_encoder_epochs: int = 0
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "steps_per_epoch", "batch_size", "folds",
                   "val_patches_per_case", "max_queue_size", "synthetic_cases")
         if self.workers < 0:
             raise InputError(f"--workers must be >= 0, got {self.workers}")
+        if self.checkpoint_every < 0:
+            raise InputError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
         if self.freeze_encoder_epochs < 0:
             raise InputError(
                 f"--freeze-encoder-epochs must be >= 0, got {self.freeze_encoder_epochs}")

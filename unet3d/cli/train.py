@@ -39,6 +39,7 @@ OVERRIDES = {
     "cache_dir": "cache_dir", "label_convention": "label_convention",
     "strategy": "strategy", "init_from": "init_from",
     "freeze_encoder_epochs": "freeze_encoder_epochs", "spatial_dims": "spatial_dims",
+    "checkpoint_every": "checkpoint_every",
     "attention_gates": "attention_gates",
 }
 # taken from the --init-from model's own config unless --config sets them
@@ -99,8 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and modalities are the defaults")
     parser.add_argument("--freeze-encoder-epochs", type=int, metavar="N",
                         help="with --init-from: train only the decoder for the first N epochs")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N",
+                        help="also write a step checkpoint (step.keras) every N steps, so a "
+                             "SIGKILL loses at most N steps (default 0: only on SIGTERM or "
+                             "SIGINT, which always keep the step in flight)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last completed epoch")
+                        help="continue the run in --out from its last checkpoint (a step "
+                             "checkpoint when it is newer than the last complete epoch)")
     return parser.parse_args(argv)
 
 
@@ -165,14 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     except Preempted as stop:
-        if stop.epochs_done == 0 and not (Path(config.out) / "last.keras").is_file():
+        out = Path(config.out)
+        if stop.step:
+            print(f"train.py: {stop} at step {stop.step} of epoch {stop.epochs_done + 1}; "
+                  f"{out}/step.keras holds every step up to it; continue with: python "
+                  f"train.py --out {out} --resume", file=sys.stderr)
+        elif stop.epochs_done == 0 and not (out / "last.keras").is_file():
             print(f"train.py: {stop} during epoch 1, before any checkpoint: nothing to resume; "
-                  f"start again with another --out (or after removing {config.out})",
+                  f"start again with another --out (or after removing {out})",
                   file=sys.stderr)
         else:
-            print(f"train.py: {stop} during epoch {stop.epochs_done + 1}; {config.out}/last.keras"
+            print(f"train.py: {stop} during epoch {stop.epochs_done + 1}; {out}/last.keras"
                   f" holds epoch {stop.epochs_done}; continue with: python train.py --out "
-                  f"{config.out} --resume", file=sys.stderr)
+                  f"{out} --resume", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:  # before training started
         print("train.py: interrupted; continue with --resume", file=sys.stderr)

@@ -21,7 +21,7 @@ from unet3d.models.metrics import predicted_regions, target_regions
 from unet3d.training.summaries import EventWriter
 
 STATE_FILE = "state.json"
-LAST, PREVIOUS = "last.keras", "previous.keras"
+LAST, PREVIOUS, STEP = "last.keras", "previous.keras", "step.keras"
 
 # RGB colours of the overlay for WT-only (edema), TC-only (core) and ET
 _REGION_COLOURS = np.array([[0.1, 0.8, 0.1], [0.9, 0.1, 0.1], [1.0, 0.9, 0.0]], dtype=np.float32)
@@ -69,6 +69,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         save_model(self.model, self.run_dir / LAST, self.config, state=state,
                    backup=self.run_dir / PREVIOUS)
         atomic_write_text(self.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        (self.run_dir / STEP).unlink(missing_ok=True)  # the epoch is whole: no step to resume
 
 
 def read_state(run_dir) -> dict:
@@ -135,6 +136,7 @@ class ValidationImage(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
+            self._writer = None  # a next fit (a resumed epoch's rest, then the others) opens one
 
 
 class EpochSeeds(keras.callbacks.Callback):
@@ -164,34 +166,90 @@ class EpochSeeds(keras.callbacks.Callback):
 
 
 class Preempted(Exception):
-    """Training stopped on a signal; ``epochs_done`` complete epochs are checkpointed."""
+    """Training stopped on a signal.
 
-    def __init__(self, signum: int, epochs_done: int):
+    Attributes:
+        signum: int. The signal.
+        epochs_done: int. Complete epochs checkpointed (``last.keras``).
+        step: int. Steps of the next epoch saved in ``step.keras`` (0: none,
+            the run continues from the epoch boundary).
+    """
+
+    def __init__(self, signum: int, epochs_done: int, step: int = 0):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
         self.epochs_done = epochs_done
+        self.step = step
+
+
+def _random_layers(model) -> list:
+    return [layer.seed_generator for layer in model.layers
+            if getattr(layer, "seed_generator", None) is not None]
+
+
+def mid_epoch_state(model) -> dict:
+    """What a step checkpoint needs beyond weights and optimizer: the epoch's running metric
+    totals (the epoch's logged means continue from them) and the dropout seed states."""
+    return {"metrics": [np.asarray(keras.ops.convert_to_numpy(v)).tolist()
+                        for v in model.metrics_variables],
+            "seeds": [np.asarray(keras.ops.convert_to_numpy(seed_state(g))).tolist()
+                      for g in _random_layers(model)]}
+
+
+def restore_mid_epoch_state(model, state: dict) -> None:
+    """Sets what :func:`mid_epoch_state` saved (after ``fit`` reset the metrics)."""
+    variables = model.metrics_variables
+    if len(variables) != len(state["metrics"]):
+        raise InputError(f"step checkpoint: {len(state['metrics'])} metric values for "
+                         f"{len(variables)} metric variables of the model")
+    for variable, value in zip(variables, state["metrics"], strict=True):
+        variable.assign(np.asarray(value, dtype=variable.dtype))
+    for generator, value in zip(_random_layers(model), state["seeds"], strict=True):
+        variable = seed_state(generator)
+        variable.assign(np.asarray(value, dtype=variable.dtype))
 
 
 class StopOnSignal(keras.callbacks.Callback):
-    """SIGTERM or SIGINT (a cluster's preemption, Ctrl-C): stop after the current step.
+    """SIGTERM or SIGINT (a cluster's preemption, Ctrl-C): stop after the step in flight,
+    keeping it; and, every ``every`` steps, a step checkpoint that survives SIGKILL.
 
-    The handlers only note the signal; the step in flight finishes, then
-    :class:`Preempted` is raised from the batch end, before the partial
-    epoch's validation and checkpoint, so ``last.keras`` and ``state.json``
-    stay those of the last complete epoch (written atomically by
-    :class:`RunCheckpoint`) and ``--resume`` repeats the partial epoch
-    exactly: the resumed curve equals an uninterrupted one. A signal during
-    an epoch's end stops right after its checkpoint. Use it as a context
-    manager around ``fit`` (it installs and restores the handlers); put it
-    after :class:`RunCheckpoint` in the callback list.
+    The handlers only note the signal. The step in flight finishes; then
+    ``step.keras`` is written atomically beside ``last.keras`` (model,
+    optimizer, epoch and step, the epoch's running metric totals and the
+    dropout seed states; the batches are pure functions of (seed, epoch,
+    step), so the data and augmentation need no state) and
+    :class:`Preempted` is raised. ``--resume`` continues from that step and
+    gives the uninterrupted run's curve. A signal at an epoch's last step
+    lets the epoch end (validation, checkpoint) and stops right after it.
+    :class:`RunCheckpoint` removes ``step.keras`` once the epoch's
+    checkpoint is written. Use it as a context manager around ``fit`` (it
+    installs and restores the handlers); put it after
+    :class:`RunCheckpoint` and :class:`EpochSeeds` in the callback list.
+
+    Args:
+        checkpoint: RunCheckpoint or None. Where step checkpoints go (its
+            run directory, config and best score). None: no step
+            checkpoints; a signal loses the partial epoch (multi-worker runs).
+        steps_per_epoch: int. Steps of a whole epoch.
+        every: int, default 0. Also write ``step.keras`` every this many
+            steps (0: only on a signal).
+        resume: dict or None. The state of the step checkpoint the run
+            resumes from: its epoch's running totals are restored when that
+            epoch begins, and its batches are numbered from its ``step``.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, checkpoint: RunCheckpoint | None = None, steps_per_epoch: int = 0,
+                 every: int = 0, resume: dict | None = None):
         super().__init__()
+        self.checkpoint = checkpoint
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.every = int(every)
+        self._resume = resume if resume and resume.get("step") else None
         self.received: int | None = None
         self.epoch = 0
+        self.offset = 0
         self._previous: dict = {}
 
     def __enter__(self):
@@ -210,22 +268,45 @@ class StopOnSignal(keras.callbacks.Callback):
         self.received = signum
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        self.epoch, self.offset = epoch, 0
+        if self._resume is not None and epoch == self._resume["epoch"]:
+            restore_mid_epoch_state(self.model, self._resume)
+            self.offset = int(self._resume["step"])
+            self._resume = None
 
     def on_train_batch_end(self, batch, logs=None):
+        step = self.offset + batch + 1  # steps of this epoch done
+        last = step >= self.steps_per_epoch  # the epoch's end checkpoints it anyway
         if self.received is not None:
-            raise Preempted(self.received, self.epoch)
+            if self.checkpoint is None:
+                raise Preempted(self.received, self.epoch)
+            if not last:
+                self.save_step(self.epoch, step)
+                raise Preempted(self.received, self.epoch, step)
+        elif (self.every and self.checkpoint is not None and not last
+              and (self.epoch * self.steps_per_epoch + step) % self.every == 0):
+            self.save_step(self.epoch, step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.received is not None:
             raise Preempted(self.received, epoch + 1)
 
+    def save_step(self, epoch: int, step: int) -> None:
+        """Writes ``step.keras`` (and ``state.json``) for ``step`` steps into ``epoch``."""
+        ckpt = self.checkpoint
+        state = {"epoch": epoch, "step": step, "monitor": ckpt.monitor,
+                 "best_score": ckpt.best_score, "best_epoch": ckpt.best_epoch}
+        save_model(self.model, ckpt.run_dir / STEP, ckpt.config,
+                   state={**state, **mid_epoch_state(self.model)})
+        atomic_write_text(ckpt.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
-def resume_checkpoint(run_dir, warn=None, move_damaged: bool = True):
-    """The model and state ``--resume`` continues from: ``last.keras``, or, when that
-    cannot be loaded, the ``previous.keras`` kept beside it.
 
-    The damaged ``last.keras`` is renamed ``last.damaged.keras`` (kept, never
+def resume_checkpoint(run_dir, warn=None, move_damaged: bool = True, use_step: bool = True):
+    """The model and state ``--resume`` continues from: ``step.keras`` when it is newer
+    than the last complete epoch, else ``last.keras``, or, when that cannot be loaded,
+    the ``previous.keras`` kept beside it.
+
+    A damaged checkpoint is renamed ``<name>.damaged.keras`` (kept, never
     deleted), so the next checkpoint does not push it into ``previous.keras``.
 
     Args:
@@ -234,15 +315,35 @@ def resume_checkpoint(run_dir, warn=None, move_damaged: bool = True):
             and the checkpoint used instead; default: print to stderr.
         move_damaged: bool, default True. False on the workers of a
             multi-worker run, where only the chief renames files.
+        use_step: bool, default True. False: ignore ``step.keras`` (a
+            multi-worker run repeats the partial epoch).
 
     Returns:
-        ``(model, state)``; ``state`` holds ``epoch``, ``best_score``, ``best_epoch``.
+        ``(model, state)``; ``state`` holds ``epoch`` (complete epochs),
+        ``best_score``, ``best_epoch`` and, from a step checkpoint, ``step``,
+        ``metrics`` and ``seeds``.
 
     Raises:
         InputError: no checkpoint that loads; the message names ``last.keras``.
     """
     run_dir = Path(run_dir)
-    last, previous = run_dir / LAST, run_dir / PREVIOUS
+    warn = warn or (lambda text: print(f"warning: {text}", file=sys.stderr))
+    last, previous, step = run_dir / LAST, run_dir / PREVIOUS, run_dir / STEP
+    if use_step and step.is_file():
+        epoch_state = read_checkpoint_state(last) if last.is_file() else None
+        done = (epoch_state or {}).get("epoch", 0)
+        try:
+            model, state = load_model(step, compile=True), _checkpoint_state(step, None)
+        except InputError as err:
+            moved = ""
+            if move_damaged:
+                os.replace(step, run_dir / "step.damaged.keras")
+                moved = f"; it is kept as {run_dir / 'step.damaged.keras'}"
+            warn(f"{err}; resuming from the last complete epoch instead{moved}")
+        else:
+            if state.get("step") and state["epoch"] >= done:
+                return model, state
+            # older than last.keras: killed between the epoch's checkpoint and its removal
     try:
         return load_model(last, compile=True), _checkpoint_state(last, run_dir)
     except InputError as err:
@@ -256,9 +357,8 @@ def resume_checkpoint(run_dir, warn=None, move_damaged: bool = True):
     if move_damaged and last.exists():
         os.replace(last, run_dir / "last.damaged.keras")
         moved = f"; it is kept as {run_dir / 'last.damaged.keras'}"
-    message = (f"{damaged}; resuming from {previous} (epoch {state.get('epoch', '?')}) "
-               f"instead{moved}")
-    (warn or (lambda text: print(f"warning: {text}", file=sys.stderr)))(message)
+    warn(f"{damaged}; resuming from {previous} (epoch {state.get('epoch', '?')}) "
+         f"instead{moved}")
     return model, state
 
 

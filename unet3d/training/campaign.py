@@ -133,7 +133,8 @@ class Campaign:
             return 128 + self._signal
         run_dir = self.runs_dir / run["name"]
         command = [sys.executable, str(REPO / "train.py"), "--out", str(run_dir)]
-        if (run_dir / "last.keras").is_file() or (run_dir / "previous.keras").is_file():
+        if any((run_dir / name).is_file()
+               for name in ("last.keras", "previous.keras", "step.keras")):
             command += ["--resume"] + (["--epochs", str(epochs)] if epochs else [])
         else:
             if run_dir.is_dir():  # stopped before its first checkpoint: nothing to keep

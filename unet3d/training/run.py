@@ -16,6 +16,7 @@ import contextlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.artifacts.keras_file import load_model
 from unet3d.config import TrainConfig
+from unet3d.keras_compat import build_for_strategy
 from unet3d.memory import check_fits, training_bytes
 from unet3d.models.losses import make_loss
 from unet3d.models.metrics import region_metrics
@@ -71,7 +73,7 @@ from unet3d.training.finetune import (
     load_source,
 )
 from unet3d.training.hparams import region_means, write_trial
-from unet3d.training.summaries import EpochScalars
+from unet3d.training.summaries import CsvLog, EpochScalars
 from unet3d.training.validation import evaluate_volumes
 
 
@@ -130,7 +132,8 @@ def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"--out {run_dir}: exists and is not a directory")
     if resume:
-        if not any((run_dir / name).is_file() for name in ("last.keras", "previous.keras")):
+        if not any((run_dir / name).is_file()
+                   for name in ("last.keras", "previous.keras", "step.keras")):
             raise InputError(f"--resume: {run_dir} holds no last.keras to resume from")
         return run_dir
     if (run_dir / "last.keras").exists() or (run_dir / "config.json").exists():
@@ -147,7 +150,8 @@ def load_resume_config(run_dir: Path, epochs: int | None = None) -> TrainConfig:
     return config.replace(out=str(run_dir), **({"epochs": epochs} if epochs else {}))
 
 
-def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False, log=print,
+          callbacks: Sequence[keras.callbacks.Callback] = ()) -> TrainResult:
     """Trains the 3D U-Net as ``config`` says and returns the validation Dice.
 
     Args:
@@ -156,6 +160,8 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
             its last completed epoch (optimizer state, learning-rate schedule
             position, epoch counter and TensorBoard step).
         log: callable, default print. Where progress lines go.
+        callbacks: more Keras callbacks for ``fit``, called after the run's own
+            (TensorBoard, log, checkpoints) and before the stop on a signal.
 
     Raises:
         InputError: for unusable data, options or output folder.
@@ -188,10 +194,12 @@ def train(config: TrainConfig, resume: bool = False, log=print) -> TrainResult:
     with lock:  # one process at a time writes a run directory
         if dist.is_chief:  # a killed run's temporary files: nobody else can own them now
             remove_stale_temporaries(run_dir)
-        return _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source)
+        return _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source,
+                                tuple(callbacks))
 
 
-def _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source) -> TrainResult:
+def _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source,
+                     extra_callbacks=()) -> TrainResult:
     """The split, the cache and the fit of :func:`train`, under the run's lock."""
     if dist.distributed or dist.devices:
         log(dist.describe())
@@ -238,7 +246,7 @@ def _prepare_and_fit(config, run_dir, resume, start, log, dist, init_source) -> 
 
     with precision_policy(config.mixed_precision):
         return _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
-                    init_source)
+                    init_source, extra_callbacks)
 
 
 def truncate_log(path: Path, epochs: int) -> None:
@@ -254,14 +262,14 @@ def truncate_log(path: Path, epochs: int) -> None:
 
 
 def _fit(config, run_dir, train_cases, val_cases, resume, start, log, dist,
-         init_source=None) -> TrainResult:
+         init_source=None, extra_callbacks=()) -> TrainResult:
     with output_dir(run_dir, dist) as write_dir:
         return _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start,
-                       log, dist, init_source)
+                       log, dist, init_source, extra_callbacks)
 
 
 def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, log,
-            dist, init_source=None) -> TrainResult:
+            dist, init_source=None, extra_callbacks=()) -> TrainResult:
     """Trains; checkpoints and logs go to ``write_dir`` (``run_dir`` on the chief).
 
     ``init_source`` is the pretrained model of ``--init-from``, already loaded
@@ -291,9 +299,13 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
 
     state = {}
     with dist.scope():  # variables are mirrored over the replicas
-        if resume:  # last.keras, or previous.keras when last.keras is damaged
-            model, state = resume_checkpoint(run_dir, move_damaged=dist.is_chief)
-            log(f"resuming {run_dir} after epoch {state['epoch']}")
+        if resume:  # step.keras, last.keras, or previous.keras when last.keras is damaged
+            # a multi-worker run starts its epochs at step 0: it resumes from the epoch's
+            model, state = resume_checkpoint(run_dir, move_damaged=dist.is_chief,
+                                             use_step=not dist.distributed)
+            log(f"resuming {run_dir} after epoch {state['epoch']}"
+                + (f", step {state['step']} of epoch {state['epoch'] + 1}"
+                   if state.get("step") else ""))
         else:
             model = build_unet3d(config.model)
             model.compile(
@@ -306,6 +318,8 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         if config.freeze_encoder_epochs:  # the encoder's variables join at the switch
             build_optimizer_for_all(model)
     initial_epoch = int(state.get("epoch", 0))
+    if state.get("step"):  # the metric variables its running totals go into, built now
+        build_for_strategy(model, (val_data or train_data)[0])
     if resume and dist.is_chief:
         truncate_log(run_dir / "log.csv", initial_epoch)
     log(f"model {model.name}: {model.count_params():,} parameters, "
@@ -320,8 +334,10 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     callbacks = [
         EpochSeeds(config.seed),  # dropout masks depend on (seed, epoch): exact resume
         keras.callbacks.LearningRateScheduler(lambda epoch: lr0 * decay**epoch),
-        keras.callbacks.CSVLogger(str(write_dir / "log.csv"), append=resume),
+        # TensorBoard first: a write the storage refuses there stops the run before the
+        # epoch's row and checkpoint, so every file stays as the previous epoch left it
         EpochScalars(tensorboard_dir),  # keras.callbacks.TensorBoard needs TensorFlow
+        CsvLog(write_dir / "log.csv", append=resume),
         checkpoint,
     ]
     if val_data is not None:
@@ -332,31 +348,47 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
         callbacks.insert(0, FreezeEncoder(config.freeze_encoder_epochs))
     verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
     history = {}
+    stop = StopOnSignal(checkpoint if not dist.distributed else None, config.steps_per_epoch,
+                        every=config.checkpoint_every, resume=state)
     if initial_epoch < config.epochs:
         if dist.distributed:  # sharded per worker, split per replica (unet3d.training.distribute)
             val_set, val_steps = validation_dataset(val_data, dist)
-            fit_data = dict(
-                x=train_dataset(train_data, dist, initial_epoch, config.epochs,
-                                workers=config.workers),
-                steps_per_epoch=config.steps_per_epoch,
-                validation_data=val_set, validation_steps=val_steps)
+            phases = [dict(x=train_dataset(train_data, dist, initial_epoch, config.epochs,
+                                           workers=config.workers),
+                           steps_per_epoch=config.steps_per_epoch, initial_epoch=initial_epoch,
+                           epochs=config.epochs, validation_data=val_set,
+                           validation_steps=val_steps)]
         else:
             # one iterator across epochs over batches that are pure functions of
-            # (seed, epoch, index): identical whatever the prefetching, and on resume
-            span = EpochSpan(train_data, initial_epoch, config.epochs, workers=config.workers,
-                             use_multiprocessing=config.use_multiprocessing,
-                             max_queue_size=config.max_queue_size)
-            fit_data = dict(x=span, steps_per_epoch=config.steps_per_epoch,
-                            validation_data=val_data, shuffle=False)
+            # (seed, epoch, index): identical whatever the prefetching, and on resume;
+            # from a step checkpoint, the rest of its epoch first, then the others
+            first_step = int(state.get("step", 0))
+            bounds = [(initial_epoch, config.epochs, 0)]
+            if first_step:
+                bounds = [(initial_epoch, initial_epoch + 1, first_step),
+                          (initial_epoch + 1, config.epochs, 0)][:2 if initial_epoch + 1
+                                                                   < config.epochs else 1]
+            phases = [dict(x=EpochSpan(train_data, begin, end, workers=config.workers,
+                                       use_multiprocessing=config.use_multiprocessing,
+                                       max_queue_size=config.max_queue_size, first_step=skip),
+                           steps_per_epoch=config.steps_per_epoch - skip, initial_epoch=begin,
+                           epochs=end, validation_data=val_data, shuffle=False)
+                      for begin, end, skip in bounds]
         try:
-            with StopOnSignal() as stop, fit_context(model, dist, (val_data or train_data)[0]):
-                fitted = model.fit(**fit_data, epochs=config.epochs,
-                                   initial_epoch=initial_epoch, callbacks=[*callbacks, stop],
-                                   verbose=verbose)
+            with stop, fit_context(model, dist, (val_data or train_data)[0]):
+                for index, phase in enumerate(phases):
+                    if index:  # the second phase continues the files the first one wrote
+                        for callback in callbacks:
+                            if isinstance(callback, CsvLog):
+                                callback.append = True
+                    fitted = model.fit(**phase, callbacks=[*callbacks, *extra_callbacks, stop],
+                                       verbose=verbose)
+                    for key, values in fitted.history.items():
+                        history.setdefault(key, []).extend(float(v) for v in values)
         finally:
-            if isinstance(fit_data["x"], EpochSpan):
-                fit_data["x"].close()
-        history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
+            for phase in phases:
+                if isinstance(phase["x"], EpochSpan):
+                    phase["x"].close()
 
     if not dist.is_chief:  # the chief evaluates and reports
         return TrainResult(run_dir=run_dir, history=history, best_epoch=checkpoint.best_epoch,

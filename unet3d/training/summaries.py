@@ -9,7 +9,13 @@ tags ``epoch_<metric>``), so dashboards and scripts read the same files.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
+import itertools
+import os
+import socket
+import struct
 import time
 from pathlib import Path
 
@@ -17,27 +23,53 @@ import keras
 import numpy as np
 from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
+
+from data_generators.fileio import atomic_write_text
 
 
 class EventWriter:
-    """Appends summaries to one TensorBoard event file in ``log_dir``.
+    """Appends summaries to one TensorBoard event file in ``log_dir``, from the calling thread.
+
+    TensorBoard's own ``EventFileWriter`` writes from a background thread, so a
+    full disk there surfaces late (or only as a thread's traceback) and can
+    leave a torn record. This writer keeps the events in memory until
+    :meth:`flush` (or :meth:`close`), then appends them in one write; when the
+    storage refuses it, the file is cut back to its previous length (a new
+    file is removed) and the ``OSError`` (naming the file) is raised to the
+    caller, which the command lines turn into one line and exit status 74.
 
     Args:
         log_dir: str or Path. Created if missing.
     """
 
+    _count = itertools.count()
+
     def __init__(self, log_dir):
         Path(log_dir).mkdir(parents=True, exist_ok=True)
-        self._writer = EventFileWriter(str(log_dir))
+        # the name TensorBoard's writer gives: time, host, process, a per-process counter
+        name = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(self._count)}"
+        self.path = Path(log_dir) / f"events.out.tfevents.{name}"
+        self._pending: list[bytes] = []
+        self._closed = False
+        self._add_event(event_pb2.Event(
+            wall_time=time.time(), file_version="brain.Event:2",
+            source_metadata=event_pb2.SourceMetadata(writer="unet3d")))
+
+    def _add_event(self, event) -> None:
+        if self._closed:
+            raise ValueError(f"{self.path}: the event writer is closed")
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))  # TFRecord framing, as TensorBoard's RecordWriter
+        self._pending.append(header + struct.pack("<I", masked_crc32c(header)) + data
+                             + struct.pack("<I", masked_crc32c(data)))
 
     def add(self, summary, step: int) -> None:
         """Appends one ``Summary`` protobuf at ``step``."""
-        self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                               summary=summary))
+        self._add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.add(scalar_summary.scalar_pb(tag, float(value)), step)
@@ -56,10 +88,37 @@ class EventWriter:
         self.add(summary_pb2.Summary(value=[value]), step)
 
     def flush(self) -> None:
-        self._writer.flush()
+        """Appends the pending events to the file, all or none of them.
+
+        Raises:
+            OSError: the storage refused the write (``filename`` is the event
+                file, which holds exactly what it held before).
+        """
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            os.close(fd)
+            if size == 0:
+                self.path.unlink(missing_ok=True)
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
+        os.close(fd)
+        self._pending = []
 
     def close(self) -> None:
-        self._writer.close()
+        """Flushes; a closed writer accepts no more events."""
+        if not self._closed:
+            self.flush()
+            self._closed = True
 
 
 class EpochScalars(keras.callbacks.Callback):
@@ -91,3 +150,48 @@ class EpochScalars(keras.callbacks.Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+class CsvLog(keras.callbacks.Callback):
+    """Each epoch's logs as one row of a CSV file, in the columns of Keras' ``CSVLogger``
+    (``epoch`` and the metric names, sorted).
+
+    The file is rewritten whole and atomically at every epoch end (it holds one
+    short row per epoch), so a full disk or a kill leaves the previous
+    complete file, never a torn last line.
+
+    Args:
+        path: str or Path. The CSV file.
+        append: bool, default False. Continue the rows already in ``path``
+            (its header gives the columns); else start it afresh.
+    """
+
+    def __init__(self, path, append: bool = False):
+        super().__init__()
+        self.path = Path(path)
+        self.append = append
+        self.keys: list[str] | None = None
+        self._text = ""
+
+    def on_train_begin(self, logs=None):
+        self._text, self.keys = "", None
+        if self.append and self.path.is_file():
+            self._text = self.path.read_text()
+            header = self._text.splitlines()[:1]
+            if header:
+                self.keys = next(csv.reader(header))[1:]
+            if self._text and not self._text.endswith("\n"):
+                self._text += "\n"
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if not self._text:
+            writer.writerow(["epoch", *self.keys])
+        writer.writerow([epoch, *(float(logs[k]) if k in logs else "NA" for k in self.keys)])
+        text = self._text + buffer.getvalue()
+        atomic_write_text(self.path, text)
+        self._text = text
