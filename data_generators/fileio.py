@@ -19,17 +19,22 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, 
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: str | Path, what: str) -> Iterator[Path]:
+def exclusive_lock(folder: str | Path, what: str, name: str = ".lock") -> Iterator[Path]:
     """Holds ``<folder>/.lock`` (``flock``) so that one process at a time writes ``folder``.
 
     The file names its holder (process id and host). The kernel drops the
     lock when its process dies, however it dies, so a lock left by a killed
     process is simply taken over. A second process is refused at once.
 
+    Args:
+        folder: the folder written.
+        what: the option that named it, for the message.
+        name: str, default ".lock". The lock file's name in ``folder``.
+
     Raises:
         InputError: another process holds it; the message names the holder.
     """
-    path = Path(folder) / ".lock"
+    path = Path(folder) / name
     handle = open(path, "a+")  # held until the block ends
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -48,6 +53,31 @@ def exclusive_lock(folder: str | Path, what: str) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)
         handle.close()  # releases the lock
+
+
+@contextlib.contextmanager
+def shared_lock(folder: str | Path, what: str) -> Iterator[Path]:
+    """Holds ``<folder>/.lock`` shared: any number of processes that share a folder's work
+    among themselves (each writing files no other one writes) hold it together, while
+    :func:`exclusive_lock` on the same folder is refused, and refuses them.
+
+    Raises:
+        InputError: a process holds the folder exclusively; the message names it.
+    """
+    path = Path(folder) / ".lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"{what} {folder}: in use by {holder} (lock file {path}); wait for "
+                         "it to finish or choose another folder") from None
+    try:
+        yield path
+    finally:
+        handle.close()  # the file stays: other holders may still hold it
 
 
 @contextlib.contextmanager
@@ -116,12 +146,16 @@ def storage_error(err: OSError, what: str | Path) -> OutputError | None:
                        err.errno)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, names=None) -> list[Path]:
     """Removes the temporary files :func:`atomic_path` left in ``folder`` when its process
-    was killed. Call it only while holding ``folder``'s :func:`exclusive_lock`: no other
-    writer can own them then. Returns what was removed."""
+    was killed. Call it only while holding ``folder``'s :func:`exclusive_lock` (no other
+    writer can own them then), or with ``names``, the files whose writes only this process
+    makes (then only their temporaries go). Returns what was removed."""
     removed = []
+    prefixes = None if names is None else tuple(f".{name}." for name in names)
     for candidate in Path(folder).glob(f".*{TEMP_MARK}*"):
+        if prefixes is not None and not candidate.name.startswith(prefixes):
+            continue
         if candidate.is_file() and not candidate.name.endswith(".lock"):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)

@@ -18,7 +18,12 @@ from pathlib import Path
 import keras
 
 from data_generators.errors import InputError
-from data_generators.fileio import ensure_writable_dir, exclusive_lock, remove_stale_temporaries
+from data_generators.fileio import (
+    ensure_writable_dir,
+    exclusive_lock,
+    remove_stale_temporaries,
+    shared_lock,
+)
 from data_generators.labels import resolve_convention
 from data_generators.lgg import find_lgg_patient, is_lgg_patient
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
@@ -74,7 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt", help="ground-truth folder: score the predictions (CSV + table)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads")
+    parser.add_argument("--num-parts", type=int, default=1, metavar="N",
+                        help="share a folder of cases among N processes (machines, array "
+                             "jobs) writing one --out: each takes every N-th case, in name "
+                             "order (default 1)")
+    parser.add_argument("--part-id", type=int, default=0, metavar="K",
+                        help="which of the --num-parts shares this process segments, 0-based "
+                             "(default 0)")
     return parser.parse_args(argv)
+
+
+def part_of(cases: list[Path], num_parts: int, part_id: int) -> list[Path]:
+    """The cases of share ``part_id`` of ``num_parts``: every ``num_parts``-th case in name
+    order, from the ``part_id``-th (as nnU-Net's ``-part_id`` / ``-num_parts``). The shares
+    of ``0 .. num_parts - 1`` are disjoint and together hold every case."""
+    return sorted(cases, key=lambda p: p.name)[part_id::num_parts]
 
 
 def is_case_folder(path: Path) -> bool:
@@ -113,10 +132,21 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--input {source}: does not exist")
     if not source.is_dir():
         raise InputError(f"--input {source}: is not a folder")
+    if args.num_parts < 1:
+        raise InputError(f"--num-parts must be >= 1, got {args.num_parts}")
+    if not 0 <= args.part_id < args.num_parts:
+        raise InputError(f"--part-id must lie in 0..{args.num_parts - 1} (--num-parts "
+                         f"{args.num_parts}), got {args.part_id}")
     out = Path(args.out)
     ensure_writable_dir(out, "--out")
-    with exclusive_lock(out, "--out"):  # one process at a time writes an output folder
-        remove_stale_temporaries(out)  # a killed run's: nobody else can own them now
+    if args.num_parts == 1:
+        with exclusive_lock(out, "--out"):  # one process at a time writes an output folder
+            remove_stale_temporaries(out)  # a killed run's: nobody else can own them now
+            return _segment(args, settings, source, out)
+    # the parts of one folder write it together (a shared lock), each part once at a time
+    with shared_lock(out, "--out"), exclusive_lock(
+            out, f"--part-id {args.part_id} --num-parts {args.num_parts}: --out",
+            name=f".lock.part{args.part_id}of{args.num_parts}"):
         return _segment(args, settings, source, out)
 
 
@@ -140,20 +170,28 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
     print(f"post-processing ({plan_source}): {plan.describe()}")
 
     if is_case_folder(source):
+        if args.num_parts > 1:
+            raise InputError(f"--input {source}: one case; --num-parts shares a folder of "
+                             "case folders")
         report = predict_case(source, out, model, settings)
         print_case(report)
         failures = {}
     else:
-        cases = sorted(p for p in source.iterdir() if p.is_dir())
-        if not cases:
+        every_case = sorted(p for p in source.iterdir() if p.is_dir())
+        if not every_case:
             raise InputError(f"--input {source}: holds no case folders")
+        cases = part_of(every_case, args.num_parts, args.part_id)
+        if args.num_parts > 1:  # a killed process of this part left these; no other writes them
+            print(f"part {args.part_id} of {args.num_parts}: {len(cases)} of the "
+                  f"{len(every_case)} cases (every {args.num_parts}-th in name order)")
+            remove_stale_temporaries(out, [path.name for case_dir in cases
+                                           for path in case_outputs(out, case_dir,
+                                                                    settings).values()])
         failures, done, skipped = {}, 0, 0
         bar = keras.utils.Progbar(len(cases), unit_name="case")
         for index, case_dir in enumerate(cases, start=1):
             try:
-                slices = find_lgg_patient(case_dir).slices if is_lgg_patient(case_dir) else ()
-                if not settings.overwrite and is_complete(
-                        output_paths(out, case_dir.name, settings, slices)):
+                if not settings.overwrite and is_complete(case_outputs(out, case_dir, settings)):
                     skipped += 1
                 else:
                     predict_case(case_dir, out, model, settings)
@@ -169,12 +207,23 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
     if args.gt and is_lgg_patient(next((p for p in source.iterdir() if p.is_dir()), source)):
         print("--gt: Kaggle LGG masks beside the slices are scored in each report "
               "(dice_wt_vs_masks); --gt is for BraTS label maps", file=sys.stderr)
-    elif args.gt:
+    elif args.gt and args.num_parts > 1 and not all(
+            is_complete(case_outputs(out, case_dir, settings)) for case_dir in every_case):
+        print(f"--gt: other parts are still segmenting; the part that finishes last scores "
+              f"the whole folder into {out / 'evaluation.csv'} (or run: unet3d-evaluate "
+              f"--pred {out} --gt {args.gt} --overwrite)")
+    elif args.gt:  # every case of the folder, whichever part segmented it
         rows, summary = evaluate_folder(out, args.gt, csv_path=out / "evaluation.csv",
                                         convention=settings.labels, overwrite=True)
         print(format_summary(summary, len(rows)))
         print(f"per-case scores: {out / 'evaluation.csv'}")
     return 1 if failures else 0
+
+
+def case_outputs(out: Path, case_dir: Path, settings) -> dict[str, Path]:
+    """The files predict.py writes for the case in ``case_dir``."""
+    slices = find_lgg_patient(case_dir).slices if is_lgg_patient(case_dir) else ()
+    return output_paths(out, case_dir.name, settings, slices)
 
 
 def print_case(report: dict) -> None:
