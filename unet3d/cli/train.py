@@ -27,7 +27,8 @@ from unet3d.env import prepare_backend
 from unet3d.precision import resolve_precision
 from unet3d.training.callbacks import Preempted
 from unet3d.training.finetune import source_path
-from unet3d.training.run import load_resume_config, train
+from unet3d.training.run import train
+from unet3d.training.rundir import load_resume_config
 
 # CLI option -> TrainConfig (or ModelConfig) field
 OVERRIDES = {
