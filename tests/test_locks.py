@@ -47,7 +47,8 @@ def test_second_holder_is_refused_naming_the_first_and_a_killed_holder_is_taken_
 
 
 @pytest.mark.parametrize("cli", ["train", "predict"])
-def test_clis_exit_2_naming_the_holder(cli, tmp_path, capsys):
+def test_clis_exit_2_naming_the_holder(cli, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UNET3D_MEMORY_GB", "64")  # the lock, not this machine's free memory
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("the user's")
