@@ -50,6 +50,11 @@ _REGION_TISSUES = {
 }
 
 
+# display colours (RGB) of the classes necrosis, edema, enhancing: the BraTS figures' red,
+# green and yellow
+CLASS_COLOURS = {1: (230, 40, 40), 2: (40, 200, 60), 3: (255, 220, 0)}
+
+
 def resolve_convention(name: str) -> str:
     """Returns the canonical convention name for ``name`` or an alias (``"2021"``).
 

@@ -16,6 +16,7 @@ from data_generators.errors import InputError
 from data_generators.labels import CONVENTIONS
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import DEFAULT_CSV, PROG, evaluate_folder, format_summary
+from unet3d.evaluation.review import write_review
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -52,6 +53,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "brats2023: ET=3)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    parser.add_argument("--html", action="store_true",
+                        help="also write PRED/index.html: a review page of every case (three "
+                             "planes on the scan from --gt, volumes, flags, scores)")
     return parser.parse_args(None if argv is None else list(argv))
 
 
@@ -71,12 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, summary = evaluate_folder(
             args.pred, args.gt, csv_path, convention=args.labels, overwrite=args.overwrite
         )
+        print(format_summary(summary, len(rows)))
+        print(f"wrote {csv_path}")
+        if args.html:
+            print(f"wrote {write_review(args.pred, args.gt, rows, convention=args.labels)}")
     except InputError as err:
         message = " ".join(str(err).split("\n"))
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 2
-    print(format_summary(summary, len(rows)))
-    print(f"wrote {csv_path}")
     return 0
 
 

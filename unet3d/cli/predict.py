@@ -29,6 +29,7 @@ from data_generators.lgg import find_lgg_patient, is_lgg_patient
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import evaluate_folder, format_summary
+from unet3d.evaluation.review import write_review
 from unet3d.inference.pipeline import (
     PredictSettings,
     is_complete,
@@ -79,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt", help="ground-truth folder: score the predictions (CSV + table)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads")
+    parser.add_argument("--html", action="store_true",
+                        help="write OUT/index.html: a review page of every case in OUT "
+                             "(three planes, volumes, flags, scores with --gt), flagged cases "
+                             "first, each linked to its own page; opens offline")
     parser.add_argument("--num-parts", type=int, default=1, metavar="N",
                         help="share a folder of cases among N processes (machines, array "
                              "jobs) writing one --out: each takes every N-th case, in name "
@@ -169,6 +174,7 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
           f"{', '.join(model.modalities)}{card})")
     print(f"post-processing ({plan_source}): {plan.describe()}")
 
+    rows = None  # per-case scores, with --gt
     if is_case_folder(source):
         if args.num_parts > 1:
             raise InputError(f"--input {source}: one case; --num-parts shares a folder of "
@@ -217,6 +223,9 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
                                         convention=settings.labels, overwrite=True)
         print(format_summary(summary, len(rows)))
         print(f"per-case scores: {out / 'evaluation.csv'}")
+    if args.html:
+        index = write_review(out, args.gt, rows, convention=settings.labels)
+        print(f"review page: {index}")
     return 1 if failures else 0
 
 

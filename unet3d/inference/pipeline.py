@@ -26,6 +26,7 @@ from data_generators.layouts import LggCase, find_any_case
 from data_generators.lgg import prediction_path, save_lgg_predictions
 from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
+from unet3d.evaluation.flags import uncertain_fraction
 from unet3d.evaluation.scores import dice
 from unet3d.inference.predictor import Predictor
 from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
@@ -179,6 +180,10 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
     mode = predictor.resolved_mode(cropped.shape)
     probs = predictor(cropped)
     classes = probabilities_to_classes(probs, model.output_mode)
+    # how sure the network is of its whole tumour (the review page flags hesitant maps)
+    p_wt = probs[..., 0] if model.output_mode == "regions" else 1.0 - probs[..., 0]
+    confidence = {"uncertain_fraction": round(uncertain_fraction(p_wt), 4)}
+    del p_wt
     plan, plan_source = resolve_plan(model.postprocessing, settings)
     classes, changes = plan.apply(classes)
     in_model_space = uncrop(classes, box, geometry.model_shape)
@@ -212,6 +217,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         **({"dice_wt_vs_masks": dice(full > 0, geometry.labels_from_model(truth) > 0)}
            if truth is not None else {}),
         **changes,
+        "confidence": confidence,
         "postprocessing": {"largest_component": plan.largest_component,
                            "min_component_voxels": plan.min_component_voxels,
                            "et_min_voxels": plan.et_min_voxels, "source": plan_source},

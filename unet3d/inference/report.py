@@ -9,10 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data_generators.fileio import atomic_path
-from data_generators.labels import REGIONS, classes_to_regions
-
-# overlay colours (RGB) of the classes necrosis, edema, enhancing
-CLASS_COLOURS = {1: (230, 40, 40), 2: (40, 200, 60), 3: (255, 220, 0)}
+from data_generators.labels import CLASS_COLOURS, REGIONS, classes_to_regions
 
 
 def region_volumes(classes: np.ndarray, spacing: Sequence[float]) -> dict[str, dict[str, float]]:
