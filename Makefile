@@ -2,19 +2,21 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml package-lock.json | sha1sum | cut -c1-12)
 RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: install browser demo test test-fast lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	# the package itself (console scripts), and the JAX and PyTorch backends for the tests
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[jax,torch]"
+	# the review page's viewer (NiiVue), pinned in package-lock.json, into node_modules/
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -34,14 +34,16 @@ def chromium() -> str:
 
 
 def browse(url: str, tmp_path: Path, *, screenshot: Path | None = None,
-           size=(1280, 900)) -> str:
+           size=(1280, 900), budget_ms: int = 3000) -> str:
     """Runs headless Chromium on ``url``; returns the DOM after the page's scripts ran."""
     flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update",
              "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-             f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=3000"]
+             f"--window-size={size[0]},{size[1]}", f"--virtual-time-budget={budget_ms}",
+             # WebGL without a GPU: the viewer draws with SwiftShader
+             "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
     flags += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    done = subprocess.run([*flags, url], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*flags, url], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     if screenshot:
         assert screenshot.is_file(), done.stderr[-2000:]
@@ -176,3 +178,29 @@ def test_screenshots_show_the_overlay_on_the_tumour_only(folder, tmp_path):
         assert (overlay_pixels(pixels) > 200) is expected, case
         text = browse((folder / "review" / f"{case}.html").as_uri(), tmp_path)
         assert re.search(r"WT [\d.]+ cm", text)
+
+
+def green(pixels: np.ndarray) -> np.ndarray:
+    """Where the edema's green shows (blended over grey at any opacity)."""
+    r, g, b = (pixels[..., i].astype(int) for i in range(3))
+    return (g > r + 60) & (g > b + 60)
+
+
+@pytest.mark.slow
+def test_the_viewer_draws_the_scan_with_the_overlay_from_disk(folder, tmp_path):
+    """NiiVue, copied beside the pages, draws the case's FLAIR and its segmentation into
+    its canvas from file:// (no server, no network); an empty case's viewer has no overlay."""
+    assert (folder / "review" / "niivue.umd.js").is_file()
+    seen = {}
+    for case in (CASES[1], "Empty"):
+        shot = tmp_path / f"viewer-{case}.png"
+        browse((folder / "review" / f"{case}.html").as_uri(), tmp_path, screenshot=shot,
+               size=(1100, 1400), budget_ms=20000)
+        pixels = np.asarray(Image.open(shot).convert("RGB"))
+        # the viewer's canvas: the black panel below the static planes and the legend
+        dark = (pixels.max(axis=-1) < 10).mean(axis=1)
+        rows = np.flatnonzero(dark > 0.5)
+        viewer = pixels[rows[rows > pixels.shape[0] // 2].min():]
+        seen[case] = int(green(viewer).sum())
+        assert (viewer.max(axis=-1) > 100).sum() > 10000, case  # the scan was drawn
+    assert seen[CASES[1]] > 500 and seen["Empty"] == 0, seen

@@ -170,3 +170,27 @@ def overlay_pixels(picture: np.ndarray) -> int:
         grey = (rest.max(-1) - rest.min(-1) < 3) & (rest.min(-1) >= -1) & (rest.max(-1) <= 103)
         count += int(grey.sum())
     return count
+
+
+def test_the_viewer_travels_with_the_pages_or_the_page_says_how_to_add_it(case, tmp_path):
+    import base64
+    import re
+
+    from unet3d.evaluation.viewer import niivue_source
+
+    folder, seg, labels, _ = case
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    nib.save(nib.Nifti1Image(labels, seg.affine, seg.header), preds / f"{CASE}.nii.gz")
+    write_review(preds, folder.parent, viewer=False)
+    page = (preds / "review" / f"{CASE}.html").read_text()
+    assert "The interactive viewer is not installed" in page and "npm ci" in page
+    assert not list((preds / "review").glob("*.data.js"))
+    assert niivue_source() is not None, "NiiVue is not installed (make install runs npm ci)"
+    write_review(preds, folder.parent)
+    assert (preds / "review" / "niivue.umd.js").read_bytes() == niivue_source().read_bytes()
+    data = (preds / "review" / f"{CASE}.data.js").read_text()
+    flair = re.search(r'"flair": "([^"]+)"', data)[1]
+    assert base64.b64decode(flair) == (folder / f"{CASE}_flair.nii.gz").read_bytes()
+    assert '<script src="niivue.umd.js"></script>' in (preds / "review" / f"{CASE}.html"
+                                                        ).read_text()

@@ -41,8 +41,10 @@ def far_components(wt: np.ndarray, spacing: Sequence[float], far_mm: float = FAR
                                               sampling=[float(s) for s in spacing[:3]])
     labels = np.arange(1, count + 1)
     nearest = ndimage.minimum(distance, components, labels)
-    return sorted(((int(size), float(mm)) for label, size, mm in zip(labels, sizes, nearest)
-                   if label != largest and size >= min_voxels and mm > far_mm), reverse=True)
+    found = [(int(size), float(mm))
+             for label, size, mm in zip(labels, sizes, nearest, strict=True)
+             if label != largest and size >= min_voxels and mm > far_mm]
+    return sorted(found, reverse=True)
 
 
 def _extent(mask: np.ndarray) -> list[tuple[int, int]] | None:

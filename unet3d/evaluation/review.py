@@ -22,9 +22,10 @@ from PIL import Image
 from data_generators.errors import InputError
 from data_generators.fileio import atomic_path, atomic_write_text
 from data_generators.io import find_case, read_volume
-from data_generators.labels import CLASS_COLOURS, labels_to_classes
+from data_generators.labels import CLASS_COLOURS, MODALITIES, labels_to_classes
 from unet3d.evaluation.flags import case_flags
 from unet3d.evaluation.folder import find_predictions
+from unet3d.evaluation.viewer import install_viewer, viewer_html, write_case_data
 
 REVIEW_DIR = "review"
 REGION_CLASSES = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
@@ -32,7 +33,7 @@ REGION_CLASSES = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 def write_review(pred_dir: str | Path, gt_dir: str | Path | None = None,
                  scores: list[dict[str, Any]] | None = None,
-                 convention: str = "brats2017") -> Path:
+                 convention: str = "brats2017", viewer: bool = True) -> Path:
     """Writes ``<pred_dir>/index.html`` and a page per case; returns the index's path.
 
     Args:
@@ -42,6 +43,9 @@ def write_review(pred_dir: str | Path, gt_dir: str | Path | None = None,
             report names one, and the cases scored in ``scores``.
         scores: optional per-case rows of :func:`unet3d.evaluation.folder.evaluate_folder`.
         convention: label convention of the label maps.
+        viewer: bool, default True. Add the interactive viewer (NiiVue, when
+            installed) to each case page, with the case's scans beside it
+            (``<case>.data.js``, about the size of its NIfTI files).
 
     Raises:
         InputError: no label map in ``pred_dir``.
@@ -50,10 +54,11 @@ def write_review(pred_dir: str | Path, gt_dir: str | Path | None = None,
     folder = pred_dir / REVIEW_DIR
     folder.mkdir(exist_ok=True)
     by_case = {row["case"]: row for row in scores or []}
+    viewer = viewer and install_viewer(folder)
     rows = []
     for case_id, path in find_predictions(pred_dir).items():
         rows.append(_case_row(case_id, path, pred_dir, gt_dir, by_case.get(case_id),
-                              convention, folder))
+                              convention, folder, viewer))
     # flagged cases first (the most flags first), then by name
     rows.sort(key=lambda r: (-len(r["flags"]), r["case"]))
     for row in rows:
@@ -65,12 +70,13 @@ def write_review(pred_dir: str | Path, gt_dir: str | Path | None = None,
 
 
 def _case_row(case_id: str, path: Path, pred_dir: Path, gt_dir, scores, convention: str,
-              folder: Path) -> dict[str, Any]:
+              folder: Path, viewer: bool) -> dict[str, Any]:
     report_path = pred_dir / f"{case_id}.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     labels, img = read_volume(path, "label map")
     classes = labels_to_classes(np.asarray(labels), convention)
-    scan_path = _scan_path(case_id, report, gt_dir)
+    sequences = _sequences(case_id, report, gt_dir)
+    scan_path = sequences.get("flair") or next(iter(sequences.values()), None)
     scan = np.asarray(read_volume(scan_path)[0], dtype=np.float32) if scan_path else \
         np.zeros(classes.shape, np.float32)
     if scan.shape != classes.shape:
@@ -87,6 +93,8 @@ def _case_row(case_id: str, path: Path, pred_dir: Path, gt_dir, scores, conventi
         nib.Nifti1Image(scan, img.affine)).dataobj), np.asarray(canonical.dataobj))
     with atomic_path(folder / f"{case_id}.png") as tmp:
         Image.fromarray(picture).save(tmp, format="PNG", optimize=False)
+    if viewer and sequences:
+        write_case_data(folder, case_id, sequences, classes, img.affine)
     row = {"case": case_id, "segmentation": str(path.relative_to(pred_dir)),
            "scan": str(scan_path) if scan_path else None, "flags": flags, "volumes_cm3": volumes}
     if scores:
@@ -95,21 +103,22 @@ def _case_row(case_id: str, path: Path, pred_dir: Path, gt_dir, scores, conventi
     return row
 
 
-def _scan_path(case_id: str, report: dict[str, Any], gt_dir) -> Path | None:
-    """FLAIR (else the first sequence) from predict.py's report, else the ground-truth
-    folder's case, else None (labels are then shown on black)."""
+def _sequences(case_id: str, report: dict[str, Any], gt_dir) -> dict[str, Path]:
+    """The case's scans by sequence name: from predict.py's report, else the ground-truth
+    folder's case, else none (labels are then shown on black)."""
     inputs = report.get("inputs") or []
     modalities = (report.get("model") or {}).get("modalities") or []
-    if inputs:
-        index = modalities.index("flair") if "flair" in modalities else 0
-        if Path(inputs[index]).is_file():
-            return Path(inputs[index])
+    found = {name: Path(p) for name, p in zip(modalities, inputs, strict=False)
+             if Path(p).is_file()}
+    if found:
+        return found
     if gt_dir is not None and (Path(gt_dir) / case_id).is_dir():
         try:
-            return find_case(Path(gt_dir) / case_id, modalities=("flair",)).images[0]
+            case = find_case(Path(gt_dir) / case_id)
         except InputError:
-            return None
-    return None
+            return {}
+        return dict(zip(MODALITIES, case.images, strict=True))
+    return {}
 
 
 def planes(scan: np.ndarray, classes: np.ndarray, size: int = 160) -> np.ndarray:
@@ -223,4 +232,4 @@ def _case_page(row: dict[str, Any]) -> str:
             f"<ul>{flags}</ul><p>{volumes}</p>{scores}"
             f'<img src="{case}.png" width="960" alt="{case}: axial, coronal, sagittal">'
             f"{_legend()}<p>Segmentation: <code>../{html.escape(row['segmentation'])}</code>; "
-            f"scan shown: <code>{scan}</code></p></body></html>\n")
+            f"scan shown: <code>{scan}</code></p>{viewer_html(row['case'])}</body></html>\n")
