@@ -20,6 +20,14 @@ $(STAMP): requirements.txt pyproject.toml package-lock.json
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# panoptica (the lesion-wise reference the tests compare with) needs numpy < 2.3: own venv
+PANOPTICA := .venv-panoptica/.installed-$(shell sha1sum requirements-panoptica.txt | cut -c1-12)
+$(PANOPTICA): requirements-panoptica.txt
+	test -x .venv-panoptica/bin/python || $(PYTHON) -m venv .venv-panoptica
+	.venv-panoptica/bin/python -m pip install --quiet -r requirements-panoptica.txt
+	rm -f .venv-panoptica/.installed-*
+	touch $(PANOPTICA)
+
 demo: $(STAMP)
 	$(PY) train.py --config configs/demo.yaml --out $(RUN)
 
@@ -32,7 +40,7 @@ browser:
 	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
-test: lint browser
+test: lint browser $(PANOPTICA)
 	$(PY) -m pytest
 
 # unit tests only: no training, no real-data inference (under 2 minutes)

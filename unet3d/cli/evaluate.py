@@ -53,6 +53,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "brats2023: ET=3)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    parser.add_argument("--lesionwise", action="store_true",
+                        help="add the BraTS 2023 lesion-wise Dice and HD95 per region "
+                             "(LesionDice_WT, LesionHD95_WT, ...; lesion counts, misses and "
+                             "false positives) to the CSV, the summary and the review page")
     parser.add_argument("--html", action="store_true",
                         help="also write PRED/index.html: a review page of every case (three "
                              "planes on the scan from --gt, volumes, flags, scores)")
@@ -73,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         csv_path = args.csv if args.csv is not None else args.pred / DEFAULT_CSV
         rows, summary = evaluate_folder(
-            args.pred, args.gt, csv_path, convention=args.labels, overwrite=args.overwrite
+            args.pred, args.gt, csv_path, convention=args.labels, overwrite=args.overwrite,
+            lesionwise=args.lesionwise,
         )
         print(format_summary(summary, len(rows)))
         print(f"wrote {csv_path}")

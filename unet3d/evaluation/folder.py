@@ -28,6 +28,7 @@ from data_generators.errors import InputError
 from data_generators.fileio import atomic_path
 from data_generators.io import find_cases, read_volume
 from data_generators.labels import check_labels, resolve_convention
+from unet3d.evaluation.lesionwise import LESION_KEYS, lesionwise_case
 from unet3d.evaluation.scores import SCORE_KEYS, score_case, summarize
 
 PROG = "evaluate"
@@ -158,13 +159,13 @@ def write_csv(rows: Sequence[dict[str, object]], csv_path: str | Path) -> Path:
         InputError: if the file cannot be written.
     """
     csv_path = Path(csv_path)
-    columns = ["case", *SCORE_KEYS]
+    keys = [*SCORE_KEYS, *(k for k in LESION_KEYS if rows and k in rows[0])]
     try:
         with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(columns)
+            writer.writerow(["case", *keys])
             for row in rows:
-                writer.writerow([row["case"], *(repr(float(row[k])) for k in SCORE_KEYS)])
+                writer.writerow([row["case"], *(repr(float(row[k])) for k in keys)])
     except OSError as err:
         raise InputError(f"{csv_path}: cannot write the CSV ({err.strerror or err})") from None
     return csv_path
@@ -176,6 +177,7 @@ def evaluate_folder(
     csv_path: str | Path | None = None,
     convention: str = "brats2017",
     overwrite: bool = False,
+    lesionwise: bool = False,
 ) -> tuple[list[dict[str, object]], dict[str, dict[str, float]]]:
     """Scores every prediction that has ground truth and writes the per-case CSV.
 
@@ -187,6 +189,8 @@ def evaluate_folder(
         csv_path: the per-case CSV; ``pred_dir/evaluation.csv`` if None.
         convention: label convention of both predictions and ground truth.
         overwrite: replace an existing CSV instead of refusing.
+        lesionwise: add the BraTS 2023 lesion-wise columns
+            (:mod:`unet3d.evaluation.lesionwise`, ``LesionDice_WT``, ...).
 
     Returns:
         The per-case rows (``{"case": id, "Dice_WT": ..., ...}``, sorted by
@@ -233,7 +237,10 @@ def evaluate_folder(
             )
         if not all(np.isfinite(s) and s > 0 for s in spacing):
             raise InputError(f"{gt_path}: invalid voxel spacing {spacing} in the header")
-        rows.append({"case": case_id, **score_case(pred, truth, spacing, convention)})
+        row = {"case": case_id, **score_case(pred, truth, spacing, convention)}
+        if lesionwise:
+            row.update(lesionwise_case(pred, truth, spacing, convention))
+        rows.append(row)
     write_csv(rows, csv_path)
     return rows, summarize(rows)
 

@@ -219,9 +219,14 @@ def _case_page(row: dict[str, Any]) -> str:
     volumes = ", ".join(f"{r} {v:.1f} cm&sup3;" for r, v in row["volumes_cm3"].items())
     scores = ""
     if row.get("scores"):
-        items = [f"{k.replace('_', ' ')} {v:.3f}" if k.startswith("Dice") else
-                 f"{k.replace('_', ' ')} {v:.1f} mm" for k, v in row["scores"].items()
-                 if v is not None and k.split("_")[0] in ("Dice", "HD95")]
+        shown = {"Dice": "Dice {} {:.3f}", "HD95": "HD95 {} {:.1f} mm",
+                 "LesionDice": "lesion-wise Dice {} {:.3f}",
+                 "LesionHD95": "lesion-wise HD95 {} {:.1f} mm",
+                 "LesionMissed": "lesions missed {} {:.0f}",
+                 "LesionFalsePositives": "false-positive components {} {:.0f}"}
+        items = [shown[k.split("_")[0]].format(k.split("_")[1], v)
+                 for k, v in row["scores"].items()
+                 if v is not None and k.split("_")[0] in shown]
         scores = f"<p>Against the ground truth: {', '.join(items)}</p>"
     flags = "".join(f'<li class="flag" data-code="{f["code"]}">{html.escape(f["why"])}</li>'
                     for f in row["flags"]) or '<li class="ok">no flag</li>'
