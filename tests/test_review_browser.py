@@ -76,6 +76,13 @@ def folder(tmp_path_factory) -> Path:
                                           [0, 1, 0, data.shape[1] - 1],
                                           [0, 0, 1, 0], [0, 0, 0, 1]]) @ flip
         nib.save(nib.Nifti1Image(data, affine), flipped / path.name.replace(CASES[1], "Flipped"))
+    coarse = cases / "Coarse"  # 2 mm voxels: every other voxel of each axis
+    coarse.mkdir()
+    for path in source.iterdir():
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)[::2, ::2, ::2]
+        affine = image.affine @ np.diag([2.0, 2.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(data, affine), coarse / path.name.replace(CASES[1], "Coarse"))
     out = root / "preds"
     done = subprocess.run([sys.executable, str(REPO / "predict.py"), "--input", str(cases),
                            "--out", str(out), "--gt", str(cases), "--html"],
@@ -109,6 +116,9 @@ def test_flags_of_inputs_made_to_show_them(folder):
     assert "low_confidence" in flags["Swapped"]  # the network hesitates on swapped sequences
     assert "low_confidence" not in flags[CASES[1]]  # and not on the same scans in order
     assert "reoriented" in flags["Flipped"] and "reoriented" not in flags[CASES[1]]
+    assert "resampled" in flags["Coarse"] and "resampled" not in flags["Flipped"]
+    assert "2x2x2 mm" in next(f["why"] for f in by_case["Coarse"]["flags"]
+                              if f["code"] == "resampled")
     assert flags["Empty"][0] == "no_tumour"
     # the far false-positive components the shipped model leaves in this case
     assert "far_component" in flags[CASES[0]]
@@ -148,7 +158,7 @@ def test_the_rendered_table_matches_the_json_and_sorts(folder, tmp_path):
     by_case = rows(folder)
     table = _Table()
     table.feed(browse((folder / "index.html").as_uri(), tmp_path))
-    assert len(table.rows) == len(by_case) == len(CASES) + 3
+    assert len(table.rows) == len(by_case) == len(CASES) + 4
     counts = [len(by_case[r["case"]]["flags"]) for r in table.rows]
     assert counts == sorted(counts, reverse=True)  # flagged cases first
     scores = {}
@@ -204,3 +214,34 @@ def test_the_viewer_draws_the_scan_with_the_overlay_from_disk(folder, tmp_path):
         seen[case] = int(green(viewer).sum())
         assert (viewer.max(axis=-1) > 100).sum() > 10000, case  # the scan was drawn
     assert seen[CASES[1]] > 500 and seen["Empty"] == 0, seen
+
+
+@pytest.mark.slow
+def test_the_pages_work_from_a_plain_static_server(folder, tmp_path):
+    """The same pages through `python -m http.server` (no server of the project's own)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(folder)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import time
+        import urllib.request
+
+        for _ in range(100):  # until it answers
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        table = _Table()
+        table.feed(browse(f"http://127.0.0.1:{port}/index.html", tmp_path))
+        assert sorted(r["case"] for r in table.rows) == sorted(rows(folder))
+        page = browse(f"http://127.0.0.1:{port}/review/{CASES[1]}.html", tmp_path)
+        assert "WT" in page and 'src="niivue.umd.js"' in page
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
