@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,11 @@ def write_review(pred_dir: str | Path, gt_dir: str | Path | None = None,
     folder.mkdir(exist_ok=True)
     by_case = {row["case"]: row for row in scores or []}
     viewer = viewer and install_viewer(folder)
-    rows = []
-    for case_id, path in find_predictions(pred_dir).items():
-        rows.append(_case_row(case_id, path, pred_dir, gt_dir, by_case.get(case_id),
-                              convention, folder, viewer))
+    # cases in parallel threads: reading, zlib and numpy release the GIL
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        rows = list(pool.map(lambda item: _case_row(
+            item[0], item[1], pred_dir, gt_dir, by_case.get(item[0]), convention, folder,
+            viewer), find_predictions(pred_dir).items()))
     # flagged cases first (the most flags first), then by name
     rows.sort(key=lambda r: (-len(r["flags"]), r["case"]))
     for row in rows:

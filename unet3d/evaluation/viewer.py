@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import io
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from data_generators.fileio import atomic_path, atomic_write_text
+from data_generators.fileio import atomic_path
 from data_generators.labels import CLASS_COLOURS
 
 NIIVUE_VERSION = "0.69.0"  # as package.json pins it
@@ -65,18 +64,22 @@ def write_case_data(folder: Path, case_id: str, sequences: dict[str, Path],
     tumour = np.argwhere(classes > 0)
     centre = tumour.mean(axis=0) if tumour.size else (np.array(classes.shape) - 1) / 2
     centre_mm = nib.affines.apply_affine(affine, centre)
-    data = {"sequences": {name: base64.b64encode(path.read_bytes()).decode("ascii")
-                          for name, path in sequences.items()},
-            "masks": {name: _nifti_base64((classes == cls).astype(np.uint8), affine)
-                      for cls, name in CLASS_NAMES.items()},
-            "order": sorted(sequences, key=lambda name: name != "flair"),  # FLAIR first
+    meta = {"order": sorted(sequences, key=lambda name: name != "flair"),  # FLAIR first
             "centre_mm": [float(c) for c in centre_mm]}
+    # base64 needs no escaping in JSON: the pieces are written as they are, not re-encoded
+    pieces = [b'window.REVIEW_DATA = {"sequences": {']
+    for index, (name, source) in enumerate(sequences.items()):
+        pieces += [b", " if index else b"", json.dumps(name).encode(), b': "',
+                   base64.b64encode(source.read_bytes()), b'"']
+    pieces.append(b'}, "masks": {')
+    for index, (cls, name) in enumerate(CLASS_NAMES.items()):
+        mask = _nifti_base64((classes == cls).astype(np.uint8), affine)
+        pieces += [b", " if index else b"", json.dumps(name).encode(), b': "',
+                   mask.encode(), b'"']
+    pieces.append(b"}, " + json.dumps(meta)[1:].encode() + b";\n")
     path = folder / f"{case_id}.data.js"
-    buffer = io.StringIO()
-    buffer.write("window.REVIEW_DATA = ")
-    json.dump(data, buffer)
-    buffer.write(";\n")
-    atomic_write_text(path, buffer.getvalue())
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"".join(pieces))
     return path
 
 
