@@ -13,8 +13,10 @@ Steps, in this order:
   fewer than ``min_component_voxels`` voxels and/or components farther than
   ``max_distance_mm`` from the largest one (false positives far from the
   tumor, while a tumor core split from its edema nearby survives);
-* tumor core: keep its largest component (the rest becomes edema);
-* enhancing tumor: keep its largest component (the rest becomes necrosis);
+* tumor core: keep its largest component, or drop its components under
+  ``tc_min_component_voxels`` (the rest becomes edema);
+* enhancing tumor: keep its largest component, or drop its components under
+  ``et_min_component_voxels`` (the rest becomes necrosis);
 * relabel an enhancing tumor of fewer than ``et_min_voxels`` voxels as
   necrosis (Isensee et al., BraTS 2018: a handful of ET voxels in a case with
   none costs a Dice of 0).
@@ -47,6 +49,7 @@ ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
 MIN_COMPONENT_SIZES = (1000, 5000, 20000)
 MAX_DISTANCES_MM = (40.0, 20.0, 10.0)  # mildest first, as the sizes: ties keep the mildest
+REGION_MIN_SIZES = (10, 50, 200)  # TC / ET specks: components under these many voxels
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class PostProcessing:
             tumor-core component; other core voxels become edema.
         et_largest_component: bool, default False. Keep only the largest
             enhancing component; other enhancing voxels become necrosis.
+        tc_min_component_voxels: int, default 0. Tumor-core components smaller
+            than this become edema; 0 keeps them all.
+        et_min_component_voxels: int, default 0. Enhancing components smaller
+            than this become necrosis; 0 keeps them all.
         chosen_on: list of str. Validation case ids the plan was chosen on.
         scores: dict. Mean validation Dice per candidate, for the record.
     """
@@ -77,6 +84,8 @@ class PostProcessing:
     max_distance_mm: float = 0.0
     tc_largest_component: bool = False
     et_largest_component: bool = False
+    tc_min_component_voxels: int = 0
+    et_min_component_voxels: int = 0
     chosen_on: list[str] = field(default_factory=list)
     scores: dict[str, Any] = field(default_factory=dict)
 
@@ -91,13 +100,18 @@ class PostProcessing:
             if self.max_distance_mm > 0:
                 classes, far = remove_distant_components(classes, self.max_distance_mm)
                 removed += far
+        core = (CLASSES.index("necrosis"), CLASSES.index("enhancing"))
         if self.tc_largest_component:
-            classes = keep_largest_of(classes, (CLASSES.index("necrosis"),
-                                                CLASSES.index("enhancing")),
-                                      CLASSES.index("edema"))
+            classes = keep_largest_of(classes, core, CLASSES.index("edema"))
+        elif self.tc_min_component_voxels > 0:
+            classes = remove_small_of(classes, core, CLASSES.index("edema"),
+                                      self.tc_min_component_voxels)
         if self.et_largest_component:
             classes = keep_largest_of(classes, (CLASSES.index("enhancing"),),
                                       CLASSES.index("necrosis"))
+        elif self.et_min_component_voxels > 0:
+            classes = remove_small_of(classes, (CLASSES.index("enhancing"),),
+                                      CLASSES.index("necrosis"), self.et_min_component_voxels)
         if self.et_min_voxels > 0:
             classes, relabelled = suppress_small_enhancing(classes, self.et_min_voxels)
         return classes, {"components_removed": removed, "small_enhancing_relabelled": relabelled}
@@ -115,8 +129,12 @@ class PostProcessing:
             parts = ["all components"]
         if self.tc_largest_component:
             parts.append("largest TC component")
+        elif self.tc_min_component_voxels:
+            parts.append(f"TC components >= {self.tc_min_component_voxels} voxels")
         if self.et_largest_component:
             parts.append("largest ET component")
+        elif self.et_min_component_voxels:
+            parts.append(f"ET components >= {self.et_min_component_voxels} voxels")
         parts.append(f"ET < {self.et_min_voxels} voxels -> necrosis" if self.et_min_voxels
                      else "no ET relabelling")
         return ", ".join(parts)
@@ -130,7 +148,8 @@ class PostProcessing:
             plan = cls(**values)
         except TypeError as err:
             raise InputError(f"{source}: not a post-processing plan ({err})") from None
-        for name in ("et_min_voxels", "min_component_voxels"):
+        for name in ("et_min_voxels", "min_component_voxels", "tc_min_component_voxels",
+                     "et_min_component_voxels"):
             value = getattr(plan, name)
             if not isinstance(value, int) or value < 0:
                 raise InputError(f"{source}: {name} must be an integer >= 0")
@@ -225,6 +244,24 @@ def keep_largest_of(classes: np.ndarray, members: tuple[int, ...], demote_to: in
     return out
 
 
+def remove_small_of(classes: np.ndarray, members: tuple[int, ...], demote_to: int,
+                    min_voxels: int) -> np.ndarray:
+    """The 26-connected components of the region made of the ``members`` classes that hold
+    fewer than ``min_voxels`` voxels become class ``demote_to``."""
+    region = np.isin(classes, members)
+    components, count = ndimage.label(region, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return classes
+    sizes = np.bincount(components.ravel())
+    small = np.flatnonzero(sizes < min_voxels)
+    small = small[small > 0]
+    if small.size == 0:
+        return classes
+    out = classes.copy()
+    out[np.isin(components, small)] = demote_to
+    return out
+
+
 def read_plan(model_path: str | Path) -> PostProcessing | None:
     """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
     path = Path(model_path)
@@ -297,8 +334,10 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
 
     1. the whole-tumor rule among :func:`candidates` with the best mean Dice
        (WT, TC, ET averaged);
-    2. then the largest tumor-core component, kept only if it raises the mean;
-    3. then the largest enhancing component, likewise;
+    2. then, for the tumor core, its largest component only or its components
+       under :data:`REGION_MIN_SIZES` voxels dropped, kept only if it raises
+       the mean;
+    3. then the same for the enhancing tumor;
     4. then the small-ET threshold among :data:`ET_THRESHOLDS`, likewise.
 
     Ties go to the earlier, simpler choice: a step is taken only where it
@@ -324,8 +363,10 @@ def choose(class_maps: dict[str, np.ndarray], truths: dict[str, np.ndarray]
         return best
 
     plan = best_of(candidates())
-    plan = best_of([plan, replace(plan, tc_largest_component=True)])
-    plan = best_of([plan, replace(plan, et_largest_component=True)])
+    plan = best_of([plan, *(replace(plan, tc_min_component_voxels=n) for n in REGION_MIN_SIZES),
+                    replace(plan, tc_largest_component=True)])
+    plan = best_of([plan, *(replace(plan, et_min_component_voxels=n) for n in REGION_MIN_SIZES),
+                    replace(plan, et_largest_component=True)])
     plan = best_of([replace(plan, et_min_voxels=t) for t in ET_THRESHOLDS])
     chosen = replace(plan, chosen_on=sorted(class_maps), scores=table)
     return chosen, table

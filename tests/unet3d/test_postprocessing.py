@@ -178,7 +178,10 @@ def test_choose_takes_a_step_only_where_it_helps():
     truth2[14:16, 14:16, 14:16] = 1       # a real 8-voxel second core
     pred2 = truth2.copy()
     plan, table = choose({"a": pred1, "b": pred2}, {"a": truth1, "b": truth2})
-    assert plan.tc_largest_component and not plan.largest_component
+    # dropping TC components under 200 voxels does exactly what the largest-only rule does
+    # here and is tried first (milder): the tie keeps it
+    assert plan.tc_min_component_voxels == 200 and not plan.tc_largest_component
+    assert not plan.largest_component
     assert plan.max_distance_mm == 0 and plan.min_component_voxels == 0
     # TC Dice by hand: without the step a: 2*216/(280+216), b: 1; with it a: 1, b: 2*216/440
     without = (432 / 496 + 1) / 2
@@ -186,3 +189,30 @@ def test_choose_takes_a_step_only_where_it_helps():
     assert table["all components, no ET relabelling"]["TC"] == pytest.approx(without)
     assert table["all components, largest TC component, no ET relabelling"]["TC"] == \
         pytest.approx(with_step)
+    assert table["all components, TC components >= 200 voxels, no ET relabelling"]["TC"] == \
+        pytest.approx(with_step)
+    # under 50 voxels drops only case b's real 8-voxel core: worse than nothing
+    assert table["all components, TC components >= 50 voxels, no ET relabelling"]["TC"] == \
+        pytest.approx((432 / 496 + 2 * 216 / 440) / 2)
+
+
+def test_small_core_and_enhancing_specks_are_demoted():
+    """Specks of core become edema and specks of enhancing tumor necrosis; components at or
+    above the size stay, and the whole tumor keeps every voxel."""
+    from unet3d.postprocessing import PostProcessing
+
+    classes = np.zeros((30, 30, 30), np.uint8)
+    classes[2:22, 2:22, 2:22] = 2
+    classes[4:10, 4:10, 4:10] = 1         # core: 216 voxels
+    classes[5:8, 5:8, 5:8] = 3            # ET in it: 27 voxels
+    classes[15:17, 15:17, 15:17] = 3      # an ET speck, 8 voxels (also a core speck)
+    classes[19, 19, 19] = 1               # a one-voxel core speck
+    out = PostProcessing(et_min_voxels=0, tc_min_component_voxels=10).apply(classes)[0]
+    assert (out[15:17, 15:17, 15:17] == 2).all() and out[19, 19, 19] == 2
+    assert int((out == 3).sum()) == 27 and int((out == 1).sum()) == 216 - 27
+    out = PostProcessing(et_min_voxels=0, et_min_component_voxels=10).apply(classes)[0]
+    assert (out[15:17, 15:17, 15:17] == 1).all() and int((out == 3).sum()) == 27
+    assert out[19, 19, 19] == 1  # the core speck is not the ET rule's
+    out = PostProcessing(et_min_voxels=0, et_min_component_voxels=8).apply(classes)[0]
+    assert int((out == 3).sum()) == 27 + 8  # 8 voxels is not under 8
+    assert int((out > 0).sum()) == int((classes > 0).sum())
