@@ -107,7 +107,7 @@ def test_equal_to_panoptica_on_real_cases_without_the_dilation(predictions, tmp_
     """panoptica matches lesions by overlap alone; without the challenge's 3-voxel
     dilation (docs/lesionwise.md) our scores equal its to 1e-3 on every region."""
     if not PANOPTICA.is_file():
-        pytest.fail(f"{PANOPTICA} missing: make install builds the panoptica venv")
+        pytest.fail(f"{PANOPTICA} missing: make test builds the panoptica venv")
     arrays, ours = {}, {}
     for pred_path in sorted((predictions / "preds").glob("*.nii.gz")):
         case = pred_path.name.removesuffix(".nii.gz")
