@@ -247,14 +247,15 @@ def keep_largest_of(classes: np.ndarray, members: tuple[int, ...], demote_to: in
 def remove_small_of(classes: np.ndarray, members: tuple[int, ...], demote_to: int,
                     min_voxels: int) -> np.ndarray:
     """The 26-connected components of the region made of the ``members`` classes that hold
-    fewer than ``min_voxels`` voxels become class ``demote_to``."""
+    fewer than ``min_voxels`` voxels become class ``demote_to``; the largest component
+    stays whatever its size (a small region is not erased, only its specks)."""
     region = np.isin(classes, members)
     components, count = ndimage.label(region, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
+    if count <= 1:
         return classes
     sizes = np.bincount(components.ravel())
     small = np.flatnonzero(sizes < min_voxels)
-    small = small[small > 0]
+    small = small[(small > 0) & (small != largest_label(components))]
     if small.size == 0:
         return classes
     out = classes.copy()

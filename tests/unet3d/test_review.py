@@ -194,3 +194,29 @@ def test_the_viewer_travels_with_the_pages_or_the_page_says_how_to_add_it(case, 
     assert base64.b64decode(flair) == (folder / f"{CASE}_flair.nii.gz").read_bytes()
     assert '<script src="niivue.umd.js"></script>' in (preds / "review" / f"{CASE}.html"
                                                         ).read_text()
+
+
+def test_rows_without_scores_keep_the_columns_and_a_bad_case_is_left_out(case, tmp_path,
+                                                                          capsys):
+    """A case scored and one not: every row has the same cells (the sort script reads
+    them by index). A label map that does not fit its scan is named on stderr and left
+    out; the others are reviewed."""
+    folder, seg, labels, _ = case
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for name in ("Scored", "Unscored"):
+        nib.save(nib.Nifti1Image(labels, seg.affine, seg.header), preds / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(labels[:100], seg.affine), preds / "Cropped.nii.gz")
+    gt = gt_folder(tmp_path, folder, "Scored")
+    for name in ("Unscored", "Cropped"):
+        shutil.copytree(gt / "Scored", gt / name, symlinks=True)
+        for path in (gt / name).iterdir():
+            path.rename(path.with_name(path.name.replace("Scored", name)))
+    scores = [{"case": "Scored", "Dice_WT": 0.9, "Dice_TC": 0.8, "Dice_ET": 0.7,
+               "HD95_WT": 2.0, "HD95_TC": 3.0, "HD95_ET": 4.0}]
+    write_review(preds, gt, scores, viewer=False)
+    assert "Cropped" in capsys.readouterr().err
+    index = (preds / "index.html").read_text()
+    rows = index.split("<tbody>")[1].split("</tr>")[:-1]
+    assert len(rows) == 2 and len({row.count("<td") for row in rows}) == 1
+    assert 'data-v="0.9"' in index and "Cropped" not in index

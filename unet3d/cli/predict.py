@@ -210,15 +210,26 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
         for name, reason in failures.items():
             print(f"failed: {name}: {reason}", file=sys.stderr)
 
-    if args.gt and is_lgg_patient(next((p for p in source.iterdir() if p.is_dir()), source)):
-        print("--gt: Kaggle LGG masks beside the slices are scored in each report "
-              "(dice_wt_vs_masks); --gt is for BraTS label maps", file=sys.stderr)
-    elif args.gt and args.num_parts > 1 and not all(
-            is_complete(case_outputs(out, case_dir, settings)) for case_dir in every_case):
-        print(f"--gt: other parts are still segmenting; the part that finishes last scores "
-              f"the whole folder into {out / 'evaluation.csv'} (or run: unet3d-evaluate "
-              f"--pred {out} --gt {args.gt} --overwrite)")
-    elif args.gt:  # every case of the folder, whichever part segmented it
+    if is_lgg_patient(next((p for p in source.iterdir() if p.is_dir()), source)):
+        if args.gt:
+            print("--gt: Kaggle LGG masks beside the slices are scored in each report "
+                  "(dice_wt_vs_masks); --gt is for BraTS label maps", file=sys.stderr)
+        if args.html:
+            print("--html: the review page is for BraTS label maps, not Kaggle LGG slices",
+                  file=sys.stderr)
+        return 1 if failures else 0
+    # the parts of one folder: the part that completes it scores and reviews the whole
+    complete = args.num_parts == 1 or all(
+        is_complete(case_outputs(out, case_dir, settings)) for case_dir in every_case)
+    if (args.gt or args.html) and not complete:
+        why = "cases failed or " if failures else ""
+        print(f"part {args.part_id} of {args.num_parts} done; the folder is not complete yet "
+              f"({why}other parts still segmenting): the part that completes it writes "
+              f"{'evaluation.csv' if args.gt else ''}{' and ' if args.gt and args.html else ''}"
+              f"{'index.html' if args.html else ''} for every case; or run afterwards: "
+              f"unet3d-evaluate --pred {out} --gt GT --overwrite{' --html' if args.html else ''}")
+        return 1 if failures else 0
+    if args.gt:  # every case of the folder, whichever part segmented it
         rows, summary = evaluate_folder(out, args.gt, csv_path=out / "evaluation.csv",
                                         convention=settings.labels, overwrite=True)
         print(format_summary(summary, len(rows)))

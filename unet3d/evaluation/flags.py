@@ -110,8 +110,8 @@ def case_flags(classes: np.ndarray, scan: np.ndarray, spacing: Sequence[float], 
     uncertain = (report.get("confidence") or {}).get("uncertain_fraction")
     if uncertain is not None and uncertain > UNCERTAIN_FRACTION:
         flags.append({"code": "low_confidence",
-                      "why": f"{uncertain:.0%} of the tumour's voxels have a whole-tumour "
-                             f"probability between 0.25 and 0.75 (flagged above "
+                      "why": f"{uncertain:.0%} of the voxels the network gives a whole-tumour "
+                             f"probability above 0.25 stay below 0.75 (flagged above "
                              f"{UNCERTAIN_FRACTION:.0%})"})
     geometry = report.get("geometry") or {}
     if geometry.get("resampled_to_mm"):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import html
 import json
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import nibabel as nib
 import numpy as np
@@ -57,11 +59,19 @@ def write_review(pred_dir: str | Path, gt_dir: str | Path | None = None,
     folder.mkdir(exist_ok=True)
     by_case = {row["case"]: row for row in scores or []}
     viewer = viewer and install_viewer(folder)
-    # cases in parallel threads: reading, zlib and numpy release the GIL
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        rows = list(pool.map(lambda item: _case_row(
-            item[0], item[1], pred_dir, gt_dir, by_case.get(item[0]), convention, folder,
-            viewer), find_predictions(pred_dir).items()))
+    def row_of(item):
+        try:
+            return _case_row(item[0], item[1], pred_dir, gt_dir, by_case.get(item[0]),
+                             convention, folder, viewer)
+        except InputError as err:  # one unreadable case does not cost the others' review
+            print(f"review: {item[0]} left out: {err}", file=sys.stderr)
+            return None
+
+    # cases in parallel threads (reading, zlib and numpy release the GIL), as many as the
+    # cores this process may use, at most 4: each holds a case's volumes
+    threads = min(4, len(os.sched_getaffinity(0)))
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        rows = [row for row in pool.map(row_of, find_predictions(pred_dir).items()) if row]
     # flagged cases first (the most flags first), then by name
     rows.sort(key=lambda r: (-len(r["flags"]), r["case"]))
     for row in rows:
@@ -171,9 +181,7 @@ def _legend() -> str:
 
 
 def _score_cells(row: dict[str, Any]) -> str:
-    scores = row.get("scores")
-    if scores is None:
-        return ""
+    scores = row.get("scores") or {}  # a case without ground truth: empty cells
     cells = []
     for key in ("Dice_WT", "Dice_TC", "Dice_ET", "HD95_WT", "HD95_TC", "HD95_ET"):
         value = scores.get(key)
@@ -198,15 +206,15 @@ def _index_page(rows: list[dict[str, Any]], pred_dir: Path) -> str:
           if scored else ())))
     body = []
     for row in rows:
-        case = html.escape(row["case"])
+        case, url = html.escape(row["case"]), html.escape(quote(row["case"]))
         volumes = "".join(f'<td class="num">{row["volumes_cm3"][r]:.1f}</td>'
                           for r in ("WT", "TC", "ET"))
         body.append(
-            f'<tr data-case="{case}"><td><a href="{REVIEW_DIR}/{case}.html">{case}</a></td>'
-            f'<td><a href="{REVIEW_DIR}/{case}.html"><img src="{REVIEW_DIR}/{case}.png" '
+            f'<tr data-case="{case}"><td><a href="{REVIEW_DIR}/{url}.html">{case}</a></td>'
+            f'<td><a href="{REVIEW_DIR}/{url}.html"><img src="{REVIEW_DIR}/{url}.png" '
             f'height="80" alt="{case}: axial, coronal, sagittal"></a></td>'
             f'<td data-v="{-len(row["flags"])}">{_flags_html(row["flags"])}</td>{volumes}'
-            f"{_score_cells(row)}</tr>")
+            f"{_score_cells(row) if scored else ''}</tr>")
     flagged = sum(bool(r["flags"]) for r in rows)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Review: '
             f'{html.escape(pred_dir.name)}</title><style>{_STYLE}</style></head><body>'
@@ -238,6 +246,7 @@ def _case_page(row: dict[str, Any]) -> str:
             f"</title><style>{_STYLE}</style></head><body>"
             f'<p><a href="../index.html">&larr; all cases</a></p><h1>{case}</h1>'
             f"<ul>{flags}</ul><p>{volumes}</p>{scores}"
-            f'<img src="{case}.png" width="960" alt="{case}: axial, coronal, sagittal">'
+            f'<img src="{html.escape(quote(row["case"]))}.png" width="960" '
+            f'alt="{case}: axial, coronal, sagittal">'
             f"{_legend()}<p>Segmentation: <code>../{html.escape(row['segmentation'])}</code>; "
             f"scan shown: <code>{scan}</code></p>{viewer_html(row['case'])}</body></html>\n")

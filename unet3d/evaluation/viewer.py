@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import html
 import json
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import nibabel as nib
 import numpy as np
@@ -151,5 +153,5 @@ def viewer_html(case_id: str) -> str:
     toggles = "".join(f'<label><input type="checkbox" id="show-{name}" checked> {name}</label>'
                       for name in colours)
     return VIEWER_HTML.format(version=NIIVUE_VERSION, file=NIIVUE_FILE,
-                              data=f"{case_id}.data.js", toggles=toggles,
+                              data=html.escape(quote(f"{case_id}.data.js")), toggles=toggles,
                               colours=json.dumps({k: list(v) for k, v in colours.items()}))

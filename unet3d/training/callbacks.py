@@ -296,8 +296,17 @@ class StopOnSignal(keras.callbacks.Callback):
         ckpt = self.checkpoint
         state = {"epoch": epoch, "step": step, "monitor": ckpt.monitor,
                  "best_score": ckpt.best_score, "best_epoch": ckpt.best_epoch}
-        save_model(self.model, ckpt.run_dir / STEP, ckpt.config,
-                   state={**state, **mid_epoch_state(self.model)})
+        # a fine-tuning run's frozen encoder: saved trainable, as the epoch checkpoints are,
+        # so the file's optimizer state covers every variable and loads whole
+        frozen = [layer for layer in self.model.layers if not layer.trainable]
+        for layer in frozen:
+            layer.trainable = True
+        try:
+            save_model(self.model, ckpt.run_dir / STEP, ckpt.config,
+                       state={**state, **mid_epoch_state(self.model)})
+        finally:
+            for layer in frozen:
+                layer.trainable = False
         atomic_write_text(ckpt.run_dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 

@@ -306,8 +306,10 @@ def _fit_in(config, run_dir, write_dir, train_cases, val_cases, resume, start, l
     ]
     if val_data is not None:
         shown = config.modalities.index("flair") if "flair" in config.modalities else 0
-        callbacks.insert(-1, ValidationImage(tensorboard_dir, val_data.patch(0), output_mode=mode,
-                                             channel=shown, spatial_dims=config.model.spatial_dims))
+        scalars = next(i for i, c in enumerate(callbacks) if isinstance(c, EpochScalars))
+        callbacks.insert(scalars + 1, ValidationImage(
+            tensorboard_dir, val_data.patch(0), output_mode=mode, channel=shown,
+            spatial_dims=config.model.spatial_dims))
     if config.freeze_encoder_epochs:  # before the checkpoint, which saves at epoch end
         callbacks.insert(0, FreezeEncoder(config.freeze_encoder_epochs))
     verbose = (1 if sys.stdout.isatty() else 2) if dist.is_chief else 0
