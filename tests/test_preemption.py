@@ -34,8 +34,8 @@ RANDOM_STEP = random.choice([k for k in range(2, STEPS * EPOCHS) if k % STEPS no
 
 def launch(tmp_path, run, record, *extra, at=0, signame="TERM", config=None):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({**CONFIG, **(config or {}), "cache_dir": str(tmp_path.parent /
-                                                                           "cache")}))
+    values = {k: v for k, v in {**CONFIG, **(config or {})}.items() if v is not None}
+    cfg.write_text(json.dumps({**values, "cache_dir": str(tmp_path.parent / "cache")}))
     env = {**os.environ, "TF_DETERMINISTIC_OPS": "1", "RECORD": str(record),
            "SIGNAL_AT_STEP": str(at), "SIGNAL": signame}
     args = ["--out", str(run), "--resume"] if "--resume" in extra else \
@@ -165,3 +165,35 @@ def test_damaged_step_checkpoint_falls_back_to_the_epoch(reference, tmp_path):
     assert min(steps_of(resumed)) == STEPS + 1  # epoch 2 again, from its first step
     for k, loss in steps_of(resumed).items():
         np.testing.assert_allclose(loss, reference["losses"][k], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_encoder_is_frozen_resumes_to_the_same_curve(tmp_path):
+    """Fine-tuning the shipped model with its encoder frozen for the first epoch: a step
+    checkpoint taken then holds the optimizer state of every variable, loads whole, and the
+    resumed run's steps equal the uninterrupted run's."""
+    shipped = REPO / "models" / "brats_unet3d_b8_128_all23.keras"
+    from unet3d.artifacts.keras_file import read_model_config
+
+    config = {"init_from": str(shipped), "freeze_encoder_epochs": 1, "epochs": 2,
+              "steps_per_epoch": 4, "patch_size": [32, 32, 32], "learning_rate": 0.001,
+              "model": read_model_config(shipped)["model"]}  # the shipped architecture
+    ref_dir, ref_record = tmp_path / "ref", tmp_path / "ref.jsonl"
+    (ref_dir).mkdir()
+    proc = launch(ref_dir, ref_dir / "run", ref_record, config=config)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    reference = steps_of(ref_record)
+    assert sorted(reference) == list(range(1, 9))
+
+    run, record = tmp_path / "run", tmp_path / "stopped.jsonl"
+    proc = launch(tmp_path, run, record, at=2, config=config)  # inside the frozen epoch
+    assert proc.wait(timeout=600) == 128 + signal.SIGTERM, proc.stderr.read()[-2000:]
+    resumed = tmp_path / "resumed.jsonl"
+    proc = launch(tmp_path, run, resumed, "--resume")
+    assert proc.wait(timeout=600) == 0
+    err = proc.stderr.read()
+    assert "optimizer" not in err.lower() or "skipping" not in err.lower(), err[-2000:]
+    merged = {**steps_of(record), **steps_of(resumed)}
+    assert sorted(merged) == sorted(reference) and min(steps_of(resumed)) == 3
+    np.testing.assert_allclose([merged[k] for k in sorted(merged)],
+                               [reference[k] for k in sorted(reference)], rtol=1e-6)
