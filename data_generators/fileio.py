@@ -18,6 +18,24 @@ from data_generators.errors import InputError, OutputError
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
 
 
+def _flock(path: Path, mode: int, folder, what: str):
+    """Opens ``path`` and takes its ``flock`` in ``mode`` without waiting; the open handle.
+
+    Raises:
+        InputError: another process holds it; the message names the holder.
+    """
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise InputError(f"{what} {folder}: in use by {holder} (lock file {path}); wait for "
+                         "it to finish or choose another folder") from None
+    return handle
+
+
 @contextlib.contextmanager
 def exclusive_lock(folder: str | Path, what: str, name: str = ".lock") -> Iterator[Path]:
     """Holds ``<folder>/.lock`` (``flock``) so that one process at a time writes ``folder``.
@@ -35,15 +53,7 @@ def exclusive_lock(folder: str | Path, what: str, name: str = ".lock") -> Iterat
         InputError: another process holds it; the message names the holder.
     """
     path = Path(folder) / name
-    handle = open(path, "a+")  # held until the block ends
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise InputError(f"{what} {folder}: in use by {holder} (lock file {path}); wait for "
-                         "it to finish or choose another folder") from None
+    handle = _flock(path, fcntl.LOCK_EX, folder, what)  # held until the block ends
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
@@ -65,15 +75,7 @@ def shared_lock(folder: str | Path, what: str) -> Iterator[Path]:
         InputError: a process holds the folder exclusively; the message names it.
     """
     path = Path(folder) / ".lock"
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise InputError(f"{what} {folder}: in use by {holder} (lock file {path}); wait for "
-                         "it to finish or choose another folder") from None
+    handle = _flock(path, fcntl.LOCK_SH, folder, what)
     try:
         yield path
     finally:
