@@ -127,9 +127,15 @@ def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
     report = json.loads((tmp_path / f"{val_case.name}.json").read_text())
     plan = read_plan(KERAS)  # chosen on validation, stored inside the model file
     assert plan is not None and plan.chosen_on
-    assert report["postprocessing"] == {"largest_component": plan.largest_component,
-                                        "min_component_voxels": plan.min_component_voxels,
-                                        "et_min_voxels": plan.et_min_voxels, "source": "model"}
+    assert report["postprocessing"] == {
+        "largest_component": plan.largest_component, "et_min_voxels": plan.et_min_voxels,
+        "min_component_voxels": plan.min_component_voxels,
+        "max_distance_mm": plan.max_distance_mm,
+        "tc_largest_component": plan.tc_largest_component,
+        "et_largest_component": plan.et_largest_component,
+        "tc_min_component_voxels": plan.tc_min_component_voxels,
+        "et_min_component_voxels": plan.et_min_component_voxels,
+        "source": "model", "rules": plan.describe()}
     assert f"post-processing (model): {plan.describe()}" in out
     assert report["model"]["path"] == str(KERAS)
 
