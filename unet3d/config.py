@@ -130,8 +130,8 @@ class TrainConfig:
         strategy: "default" (one device), "mirrored" (all local GPUs, or
             all logical CPU devices) or "multiworker" (the workers of
             ``TF_CONFIG``); ``batch_size`` and ``learning_rate`` are global.
-        cache_dir: preprocessed cache; None: ``<out>/../.cache`` for real
-            data, beside the synthetic data otherwise.
+        cache_dir: preprocessed cache root; None: ``$UNET3D_CACHE``, else
+            ``~/.cache/unet3d`` (a subfolder per data folder).
         synthetic_cases, synthetic_shape: the generated dataset when
             ``data`` is None.
         init_from: str or None. A ``.keras`` model whose weights start the

@@ -280,7 +280,7 @@ def test_tflite_fp32_matches_the_exact_function_at_a_full_window(tmp_path):
 
     Keras' own float32 GroupNormalization computes the variance as
     E[x^2] - E[x]^2 and drifts from the exact function as windows grow (7e-4
-    relative at 128^3 on the shipped model, see the README); the lowered graph
+    relative at 128^3 on the shipped model, see docs/edge.md); the lowered graph
     centres before squaring and reduces one axis at a time, so it is compared
     with the float64 computation of the same network, not with Keras float32.
     """
