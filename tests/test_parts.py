@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, require_brats
-from unet3d.cli.predict import part_of
+from unet3d.inference.api import part_of
 
 CLUSTER = REPO / "docs" / "cluster"
 N_CASES, PARTS = 6, 3

@@ -16,6 +16,7 @@ from tests.conftest import require_brats
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.shipped import DEFAULT_NAME, REPO_MODELS
 from unet3d.config import TrainConfig
+from unet3d.inference import Predictor
 from unet3d.postprocessing import read_plan
 from unet3d.training.finetune import encoder_layers
 
@@ -138,6 +139,13 @@ def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
         "source": "model", "rules": plan.describe()}
     assert f"post-processing (model): {plan.describe()}" in out
     assert report["model"]["path"] == str(KERAS)
+
+
+def test_three_lines_in_a_notebook_equal_predict_py(val_case, shipped_predictions):
+    files = [nib.load(next(val_case.glob(f"*_{m}.nii*"))) for m in ("t1", "t1ce", "t2", "flair")]
+    image = np.stack([f.get_fdata(dtype=np.float32) for f in files], axis=-1)
+    labels = Predictor.from_artifact().predict_arrays(image, files[0].affine)  # shipped model
+    np.testing.assert_array_equal(labels, np.asarray(shipped_predictions["keras"].dataobj))
 
 
 def test_int8_agrees_with_keras(shipped_predictions):

@@ -6,7 +6,7 @@ import pytest
 
 from data_generators.errors import InputError
 from unet3d.config import ModelConfig
-from unet3d.inference.predictor import Predictor
+from unet3d.inference.predictor import WindowPredictor
 from unet3d.models.forward import eager_predict_fn, keras_predict_fn
 from unet3d.models.unet import build_unet3d
 from unet3d.precision import cpu_flags, dtype_policy, resolve_precision
@@ -45,8 +45,8 @@ def test_whole_and_sliding_agree_where_norm_statistics_coincide(tiny_model):
     # so the Gaussian-weighted sliding path must reproduce the whole-volume pass
     image = np.random.default_rng(2).normal(size=(16, 24, 16, 4)).astype(np.float32)
     fn = keras_predict_fn(tiny_model)
-    whole = Predictor(fn, stride=4, patch_size=(16, 24, 16), mode="whole")(image)
-    sliding = Predictor(fn, stride=4, patch_size=(16, 24, 16), mode="sliding")(image)
+    whole = WindowPredictor(fn, stride=4, patch_size=(16, 24, 16), mode="whole")(image)
+    sliding = WindowPredictor(fn, stride=4, patch_size=(16, 24, 16), mode="sliding")(image)
     np.testing.assert_allclose(sliding, whole, atol=1e-5)
     np.testing.assert_allclose(whole, eager_predict_fn(tiny_model)(image[None])[0], atol=1e-5)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from unet3d.inference.predictor import (
-    Predictor,
+    WindowPredictor,
     gaussian_importance_map,
     mirror_tta,
     pad_to,
@@ -76,12 +76,12 @@ def test_mirror_tta():
 
 def test_predictor_auto_mode_follows_memory_budget():
     # 64^3 x 16 maps x 8 x 4 B = 0.13 GB plus 1 GB runtime: fits 2 GB; 400^3 (32 GB) does not
-    small = Predictor(voxelwise, stride=8, patch_size=(16, 16, 16), max_memory_gb=2.0)
+    small = WindowPredictor(voxelwise, stride=8, patch_size=(16, 16, 16), max_memory_gb=2.0)
     assert small.resolved_mode((64, 64, 64)) == "whole"
     assert small.resolved_mode((400, 400, 400)) == "sliding"
     image = np.random.default_rng(3).normal(size=(20, 20, 20, 3)).astype(np.float32)
     for mode in ("whole", "sliding"):
-        out = Predictor(voxelwise, stride=8, patch_size=(16, 16, 16), mode=mode)(image)
+        out = WindowPredictor(voxelwise, stride=8, patch_size=(16, 16, 16), mode=mode)(image)
         np.testing.assert_allclose(out, voxelwise(image[None])[0], rtol=1e-5, atol=1e-6)
 
 
@@ -90,15 +90,15 @@ def test_memory_refusals_name_the_option(monkeypatch):
 
     # 144x176x144 x 16 x 8 x 4 B = 1.74 GiB + 1 GiB runtime = 2.7 GB > 2 GB
     monkeypatch.setenv("UNET3D_MEMORY_GB", "2")
-    whole = Predictor(voxelwise, stride=16, patch_size=(128, 128, 128), mode="whole")
+    whole = WindowPredictor(voxelwise, stride=16, patch_size=(128, 128, 128), mode="whole")
     with pytest.raises(InputError, match="--mode whole on a 144x176x144 volume needs about "
                                          r"2\.7 GB but only 2\.0 GB are available; use --mode"):
         whole.resolved_mode((138, 170, 144))
-    sliding = Predictor(voxelwise, stride=16, patch_size=(256, 256, 256), mode="sliding")
+    sliding = WindowPredictor(voxelwise, stride=16, patch_size=(256, 256, 256), mode="sliding")
     with pytest.raises(InputError, match="lower --patch-size"):
         sliding.resolved_mode((138, 170, 144))
     # auto falls back to a sliding window that fits
-    auto = Predictor(voxelwise, stride=16, patch_size=(96, 96, 96), max_memory_gb=64)
+    auto = WindowPredictor(voxelwise, stride=16, patch_size=(96, 96, 96), max_memory_gb=64)
     assert auto.resolved_mode((138, 170, 144)) == "sliding"
 
 

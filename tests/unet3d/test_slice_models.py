@@ -16,7 +16,7 @@ from data_generators.dataset import BratsPatchDataset, ValidationPatchDataset
 from data_generators.errors import InputError
 from data_generators.preprocessing import PreprocessedCase
 from unet3d.config import ModelConfig, TrainConfig
-from unet3d.inference.predictor import Predictor, slice_predict_fn
+from unet3d.inference.predictor import WindowPredictor, slice_predict_fn
 from unet3d.models.layers import attention_gate
 from unet3d.models.unet import build_unet3d
 
@@ -199,9 +199,9 @@ def test_2d_predictor_whole_sliding_and_in_plane_mirroring():
     def per_pixel(batch):  # no interaction between pixels: every path gives the same
         return np.tanh(batch[..., :1] * 3 + batch[..., 1:] ** 2)
 
-    whole = Predictor(per_pixel, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2,
+    whole = WindowPredictor(per_pixel, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2,
                       max_memory_gb=1)(volume)
-    sliding = Predictor(per_pixel, stride=4, patch_size=(8, 8), mode="sliding",
+    sliding = WindowPredictor(per_pixel, stride=4, patch_size=(8, 8), mode="sliding",
                         spatial_dims=2, max_memory_gb=1)(volume)
     np.testing.assert_allclose(whole, np.tanh(volume[..., :1] * 3 + volume[..., 1:] ** 2),
                                rtol=1e-6)
@@ -212,7 +212,7 @@ def test_2d_predictor_whole_sliding_and_in_plane_mirroring():
         calls.append(1)
         return per_pixel(batch)
 
-    Predictor(counting, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2, tta=True,
+    WindowPredictor(counting, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2, tta=True,
               max_memory_gb=1)(volume)
     assert len(calls) == 4  # 7 slices, one chunk each pass: 4 in-plane mirrorings
 
@@ -226,7 +226,7 @@ def test_2d_predictor_whole_sliding_and_in_plane_mirroring():
 
     expected = np.mean([np.flip(per_slice(np.flip(volume, axes)), axes)
                         for axes in ((), (0,), (1,), (0, 1))], axis=0)
-    tta = Predictor(directional, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2,
+    tta = WindowPredictor(directional, stride=4, patch_size=(8, 8), mode="whole", spatial_dims=2,
                     tta=True, max_memory_gb=1)(volume)
     np.testing.assert_allclose(tta, expected, rtol=1e-5, atol=1e-5)
     assert np.abs(per_slice(volume) - expected).max() > 0.1  # mirroring changed the answer

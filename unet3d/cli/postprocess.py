@@ -17,7 +17,7 @@ from data_generators.preprocessing import preprocess_case
 from unet3d.artifacts import load_artifact
 from unet3d.env import prepare_backend
 from unet3d.inference.pipeline import probabilities_to_classes
-from unet3d.inference.predictor import Predictor
+from unet3d.inference.predictor import WindowPredictor
 from unet3d.postprocessing import PostProcessing, choose, write_plan
 from unet3d.precision import resolve_precision
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     model = load_artifact(args.model, precision=resolve_precision(args.precision))
-    predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
+    predictor = WindowPredictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
                           base_filters=model.base_filters, spatial_dims=model.spatial_dims)
     class_maps, truths = {}, {}
     for case_id in args.cases:

@@ -25,18 +25,13 @@ from data_generators.fileio import (
     shared_lock,
 )
 from data_generators.labels import resolve_convention
-from data_generators.lgg import find_lgg_patient, is_lgg_patient
+from data_generators.lgg import is_lgg_patient
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import evaluate_folder, format_summary
 from unet3d.evaluation.review import write_review
-from unet3d.inference.pipeline import (
-    PredictSettings,
-    is_complete,
-    output_paths,
-    predict_case,
-    resolve_plan,
-)
+from unet3d.inference.api import Predictor
+from unet3d.inference.pipeline import PredictSettings
 from unet3d.precision import resolve_precision
 
 
@@ -94,20 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def part_of(cases: list[Path], num_parts: int, part_id: int) -> list[Path]:
-    """The cases of share ``part_id`` of ``num_parts``: every ``num_parts``-th case in name
-    order, from the ``part_id``-th (as nnU-Net's ``-part_id`` / ``-num_parts``). The shares
-    of ``0 .. num_parts - 1`` are disjoint and together hold every case."""
-    return sorted(cases, key=lambda p: p.name)[part_id::num_parts]
-
-
-def is_case_folder(path: Path) -> bool:
-    """A case folder holds NIfTI files (or a Kaggle LGG patient's TIF slices) itself; a
-    dataset folder holds case folders."""
-    return is_lgg_patient(path) or any(p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
-                                       for p in path.iterdir())
-
-
 def settings_from_args(args: argparse.Namespace):
     try:
         resolve_convention(args.labels)
@@ -157,56 +138,30 @@ def run(args: argparse.Namespace) -> int:
 
 def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int:
     shipped = args.model is None
-    if shipped:
-        args.model = str(shipped_path())
-
-    precision = resolve_precision(args.precision)
-    model = load_artifact(args.model, threads=settings.threads, precision=precision)
-    if settings.patch_size and any(p % model.stride for p in settings.patch_size):
-        sizes = settings.patch_size
-        if len(sizes) == 1:  # one size for every axis of the network
-            sizes = sizes * model.spatial_dims
-        raise InputError(f"--patch-size {sizes} is not divisible by the "
-                         f"network's stride {model.stride}")
+    predictor = Predictor(load_artifact(args.model or shipped_path(), threads=settings.threads,
+                                        precision=resolve_precision(args.precision)), settings)
+    model = predictor.model
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
-    plan, plan_source = resolve_plan(model.postprocessing, settings)
+    plan, plan_source = predictor.plan
     print(f"model: {model.path} ({model.output_mode}, {model.precision}, modalities "
           f"{', '.join(model.modalities)}{card})")
     print(f"post-processing ({plan_source}): {plan.describe()}")
 
-    rows = None  # per-case scores, with --gt
-    if is_case_folder(source):
-        if args.num_parts > 1:
-            raise InputError(f"--input {source}: one case; --num-parts shares a folder of "
-                             "case folders")
-        report = predict_case(source, out, model, settings)
-        print_case(report)
-        failures = {}
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        bar = bar or keras.utils.Progbar(total, unit_name="case")
+        bar.update(done)
+
+    result = predictor.predict_folder(source, out, num_parts=args.num_parts,
+                                      part_id=args.part_id, on_case=progress)
+    failures = result.failures
+    if not result.cases:  # one case folder
+        print_case(next(iter(result.reports.values())))
     else:
-        every_case = sorted(p for p in source.iterdir() if p.is_dir())
-        if not every_case:
-            raise InputError(f"--input {source}: holds no case folders")
-        cases = part_of(every_case, args.num_parts, args.part_id)
-        if args.num_parts > 1:  # a killed process of this part left these; no other writes them
-            print(f"part {args.part_id} of {args.num_parts}: {len(cases)} of the "
-                  f"{len(every_case)} cases (every {args.num_parts}-th in name order)")
-            remove_stale_temporaries(out, [path.name for case_dir in cases
-                                           for path in case_outputs(out, case_dir,
-                                                                    settings).values()])
-        failures, done, skipped = {}, 0, 0
-        bar = keras.utils.Progbar(len(cases), unit_name="case")
-        for index, case_dir in enumerate(cases, start=1):
-            try:
-                if not settings.overwrite and is_complete(case_outputs(out, case_dir, settings)):
-                    skipped += 1
-                else:
-                    predict_case(case_dir, out, model, settings)
-                    done += 1
-            except InputError as err:
-                failures[case_dir.name] = str(err)
-            bar.update(index)
-        print(f"{done} segmented, {skipped} already done (--overwrite to redo), "
-              f"{len(failures)} failed; outputs in {out}")
+        print(f"{len(result.reports)} segmented, {len(result.skipped)} already done "
+              f"(--overwrite to redo), {len(failures)} failed; outputs in {out}")
         for name, reason in failures.items():
             print(f"failed: {name}: {reason}", file=sys.stderr)
 
@@ -219,8 +174,8 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
                   file=sys.stderr)
         return 1 if failures else 0
     # the parts of one folder: the part that completes it scores and reviews the whole
-    complete = args.num_parts == 1 or all(
-        is_complete(case_outputs(out, case_dir, settings)) for case_dir in every_case)
+    complete = args.num_parts == 1 or all(predictor.is_done(case_dir, out)
+                                          for case_dir in result.cases)
     if (args.gt or args.html) and not complete:
         why = "cases failed or " if failures else ""
         print(f"part {args.part_id} of {args.num_parts} done; the folder is not complete yet "
@@ -229,6 +184,7 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
               f"{'index.html' if args.html else ''} for every case; or run afterwards: "
               f"unet3d-evaluate --pred {out} --gt GT --overwrite{' --html' if args.html else ''}")
         return 1 if failures else 0
+    rows = None  # per-case scores, with --gt
     if args.gt:  # every case of the folder, whichever part segmented it
         rows, summary = evaluate_folder(out, args.gt, csv_path=out / "evaluation.csv",
                                         convention=settings.labels, overwrite=True)
@@ -238,12 +194,6 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
         index = write_review(out, args.gt, rows, convention=settings.labels)
         print(f"review page: {index}")
     return 1 if failures else 0
-
-
-def case_outputs(out: Path, case_dir: Path, settings) -> dict[str, Path]:
-    """The files predict.py writes for the case in ``case_dir``."""
-    slices = find_lgg_patient(case_dir).slices if is_lgg_patient(case_dir) else ()
-    return output_paths(out, case_dir.name, settings, slices)
 
 
 def print_case(report: dict) -> None:

@@ -28,7 +28,7 @@ from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
 from unet3d.evaluation.flags import uncertain_fraction
 from unet3d.evaluation.scores import dice
-from unet3d.inference.predictor import Predictor
+from unet3d.inference.predictor import WindowPredictor
 from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
 from unet3d.postprocessing import PostProcessing
 
@@ -121,6 +121,93 @@ def is_complete(paths: dict[str, Path]) -> bool:
     return paths["segmentation"].exists() and paths["report"].exists()
 
 
+@dataclass
+class Segmentation:
+    """A case segmented in the model's space (:func:`segment_in_model_space`)."""
+
+    classes: np.ndarray  # class indices on the model's grid (LPS, 1 mm), post-processed
+    plan: PostProcessing
+    plan_source: str
+    changes: dict[str, Any]
+    confidence: dict[str, float]
+    mode: str  # "whole" or "sliding"
+
+
+def check_patch_size(model: Artifact, settings: PredictSettings) -> tuple[int, ...]:
+    """The sliding-window size ``settings`` asks of ``model``, one size per axis.
+
+    Raises:
+        InputError: a size count or size the network cannot take.
+    """
+    patch_size = tuple(settings.patch_size or model.patch_size)
+    if len(patch_size) == 1:  # one size for every axis of the network
+        patch_size *= model.spatial_dims
+    if len(patch_size) != model.spatial_dims:
+        raise InputError(f"--patch-size {' '.join(map(str, patch_size))}: the {model.path.name} "
+                         f"network is {model.spatial_dims}D, give 1 or {model.spatial_dims} sizes")
+    if any(p % model.stride for p in patch_size):
+        raise InputError(f"--patch-size {patch_size} is not divisible by the "
+                         f"network's stride {model.stride}")
+    if model.fixed_window and patch_size != tuple(model.patch_size):
+        raise InputError(f"{model.path}: takes {model.patch_size} windows only, not "
+                         f"--patch-size {patch_size}")
+    return patch_size
+
+
+@dataclass
+class Cropped:
+    """A case's image cropped to the brain and normalised, as the network sees it."""
+
+    image: np.ndarray  # (x, y, z, C) float32
+    box: tuple[slice, ...]  # where it lies on the model's grid
+    grid_shape: tuple[int, int, int]  # the model's grid (LPS, 1 mm)
+
+
+def crop_for_model(image: np.ndarray, model: Artifact, source: str) -> Cropped:
+    """Crops ``image`` (`(X, Y, Z, C)` on the model's grid, in the model's modality order,
+    :func:`data_generators.geometry.load_case_for_model`) to the brain and normalises it
+    as in training. The caller may free ``image`` afterwards.
+
+    Raises:
+        InputError: no brain in the image (``source`` names it).
+    """
+    try:
+        cropped, _, box = preprocess_case(image, None, model.normalization)
+    except ValueError as err:
+        raise InputError(f"{source}: {err}") from None
+    return Cropped(cropped, box, tuple(image.shape[:3]))
+
+
+def segment_cropped(cropped: Cropped, model: Artifact, settings: PredictSettings
+                    ) -> Segmentation:
+    """Runs the network on a :class:`Cropped` image, turns its output into classes,
+    post-processes them and un-crops them onto the model's grid. ``cropped.image`` is
+    released as soon as the network has run.
+
+    Raises:
+        InputError: settings the model cannot take, or a pass that cannot fit in memory.
+    """
+    patch_size = check_patch_size(model, settings)
+    predictor = WindowPredictor(model.predict_fn, stride=model.stride, patch_size=patch_size,
+                                overlap=settings.overlap,
+                                mode="sliding" if model.fixed_window else settings.mode,
+                                tta=settings.tta, base_filters=model.base_filters,
+                                max_memory_gb=settings.max_memory_gb,
+                                spatial_dims=model.spatial_dims)
+    mode = predictor.resolved_mode(cropped.image.shape)
+    probs = predictor(cropped.image)
+    cropped.image = None
+    classes = probabilities_to_classes(probs, model.output_mode)
+    # how sure the network is of its whole tumour (the review page flags hesitant maps)
+    p_wt = probs[..., 0] if model.output_mode == "regions" else 1.0 - probs[..., 0]
+    confidence = {"uncertain_fraction": round(uncertain_fraction(p_wt), 4)}
+    del p_wt, probs
+    plan, plan_source = resolve_plan(model.postprocessing, settings)
+    classes, changes = plan.apply(classes)
+    return Segmentation(uncrop(classes, cropped.box, cropped.grid_shape), plan, plan_source,
+                        changes, confidence, mode)
+
+
 def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
                  settings: PredictSettings) -> dict[str, Any]:
     """Segments one case folder and writes its outputs; returns the JSON report.
@@ -151,42 +238,15 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         raise InputError(f"{paths['segmentation']}: exists; pass --overwrite to replace it")
     image, truth, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
     truth = truth if lgg else None  # a BraTS folder's segmentation is scored by --gt
-    try:
-        cropped, _, box = preprocess_case(image, None, model.normalization)
-    except ValueError as err:
-        raise InputError(f"{case.images[0]}: {err}") from None
-    # only the preview needs the raw scan; freed, it does not add to the network's peak
+    # only the preview needs the raw scan
     flair = model.modalities.index("flair") if "flair" in model.modalities else -1
     preview_image = image[..., flair].copy() if settings.preview else None
-    del image
+    cropped = crop_for_model(image, model, str(case.images[0]))
+    del image  # freed: it does not add to the network's peak
     loaded = time.perf_counter()
-
-    patch_size = tuple(settings.patch_size or model.patch_size)
-    if len(patch_size) == 1:  # one size for every axis of the network
-        patch_size *= model.spatial_dims
-    if len(patch_size) != model.spatial_dims:
-        raise InputError(f"--patch-size {' '.join(map(str, patch_size))}: the {model.path.name} "
-                         f"network is {model.spatial_dims}D, give 1 or {model.spatial_dims} sizes")
-    mode = settings.mode
-    if model.fixed_window:
-        if patch_size != tuple(model.patch_size):
-            raise InputError(f"{model.path}: takes {model.patch_size} windows only, not "
-                             f"--patch-size {patch_size}")
-        mode = "sliding"
-    predictor = Predictor(model.predict_fn, stride=model.stride, patch_size=patch_size,
-                          overlap=settings.overlap, mode=mode, tta=settings.tta,
-                          base_filters=model.base_filters, max_memory_gb=settings.max_memory_gb,
-                          spatial_dims=model.spatial_dims)
-    mode = predictor.resolved_mode(cropped.shape)
-    probs = predictor(cropped)
-    classes = probabilities_to_classes(probs, model.output_mode)
-    # how sure the network is of its whole tumour (the review page flags hesitant maps)
-    p_wt = probs[..., 0] if model.output_mode == "regions" else 1.0 - probs[..., 0]
-    confidence = {"uncertain_fraction": round(uncertain_fraction(p_wt), 4)}
-    del p_wt
-    plan, plan_source = resolve_plan(model.postprocessing, settings)
-    classes, changes = plan.apply(classes)
-    in_model_space = uncrop(classes, box, geometry.model_shape)
+    seg = segment_cropped(cropped, model, settings)
+    plan, plan_source, mode = seg.plan, seg.plan_source, seg.mode
+    in_model_space = seg.classes
     full = geometry.labels_from_model(in_model_space)  # exactly onto the input's grid
     network = time.perf_counter()
 
@@ -216,8 +276,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         "volumes": region_volumes(full, properties["spacing"]),
         **({"dice_wt_vs_masks": dice(full > 0, geometry.labels_from_model(truth) > 0)}
            if truth is not None else {}),
-        **changes,
-        "confidence": confidence,
+        **seg.changes,
+        "confidence": seg.confidence,
         "postprocessing": {**{k: v for k, v in plan.to_dict().items()
                               if k not in ("chosen_on", "scores")},
                            "source": plan_source, "rules": plan.describe()},

@@ -2,7 +2,7 @@
 
 Plain functions do the work (as in nnU-Net): :func:`gaussian_importance_map`
 and :func:`sliding_window_steps` are cached and stand alone;
-:class:`Predictor` only holds settings. A ``predict_fn`` maps a float32 batch
+:class:`WindowPredictor` only holds settings. A ``predict_fn`` maps a float32 batch
 `(B, D, H, W, C)` to probabilities `(B, D, H, W, K)`, so Keras and LiteRT
 models run through the same code.
 """
@@ -169,7 +169,7 @@ def mirror_tta(predict: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
 
 
 @dataclass(frozen=True)
-class Predictor:
+class WindowPredictor:
     """Settings for turning a preprocessed volume into probabilities.
 
     Args:

@@ -33,7 +33,7 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
     from data_generators.preprocessing import preprocess_case
     from unet3d.artifacts import load_artifact
     from unet3d.inference.pipeline import probabilities_to_classes
-    from unet3d.inference.predictor import Predictor
+    from unet3d.inference.predictor import WindowPredictor
     from unet3d.precision import resolve_precision
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +53,7 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
                         continue  # made by this very fold model: not predicted again
             if model is None:
                 model = load_artifact(models[k], precision=resolve_precision("auto"))
-                predictor = Predictor(model.predict_fn, stride=model.stride,
+                predictor = WindowPredictor(model.predict_fn, stride=model.stride,
                                       patch_size=model.patch_size,
                                       base_filters=model.base_filters)
             case = find_case(data_dir / case_id, modalities=model.modalities,
