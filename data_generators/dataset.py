@@ -18,9 +18,9 @@ import keras
 import numpy as np
 
 from data_generators.augmentation import AugmentationConfig, extract_patch
-from data_generators.errors import InputError
 from data_generators.labels import CLASSES, classes_to_regions
 from data_generators.preprocessing import PreprocessedCase
+from unet3d_base.errors import InputError
 
 OUTPUT_MODES = ("regions", "labels")
 

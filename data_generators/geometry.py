@@ -29,9 +29,9 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from data_generators.errors import InputError
 from data_generators.io import CaseFiles
 from data_generators.layouts import LggCase, load_any_case
+from unet3d_base.errors import InputError
 
 MODEL_AXES = ("L", "P", "S")  # BraTS' voxel axes
 MODEL_SPACING_MM = 1.0

@@ -18,9 +18,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path
 from data_generators.labels import MODALITIES, labels_to_classes
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path
 from data_generators.io import check_data_folder
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path
 
 # the channel order of the RGB slices
 LGG_MODALITIES: tuple[str, ...] = ("t1", "flair", "t1ce")

@@ -23,8 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError, OutputError
-from data_generators.fileio import storage_error
 from data_generators.geometry import load_case_for_model
 from data_generators.io import CaseFiles
 from data_generators.labels import resolve_convention
@@ -34,6 +32,8 @@ from data_generators.normalization import (  # noqa: F401  (zscore_in_mask: its 
     normalize,
     zscore_in_mask,
 )
+from unet3d_base.errors import InputError, OutputError
+from unet3d_base.fileio import storage_error
 
 PREPROCESSING_VERSION = 2  # 2: cases brought to the model space (data_generators.geometry)
 MAX_FOREGROUND = 20000

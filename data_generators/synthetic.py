@@ -18,9 +18,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path, atomic_write_text
 from data_generators.labels import MODALITIES
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path, atomic_write_text
 
 SYNTHETIC_VERSION = 1
 _CASE_RE = re.compile(r"^Synth_\d{3}$")

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import unet3d.cli.train as train_cli
-from data_generators.errors import InputError
 from tests.conftest import REPO
 from unet3d.config import TrainConfig
 from unet3d.training.distribute import (
@@ -29,6 +28,7 @@ from unet3d.training.distribute import (
     read_tf_config,
     worker_cases,
 )
+from unet3d_base.errors import InputError
 
 SCRIPT = REPO / "tests" / "distribute_worker.py"
 

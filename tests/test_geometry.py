@@ -12,7 +12,6 @@ import pytest
 from scipy import ndimage
 
 import unet3d.cli.predict as predict_cli
-from data_generators.errors import InputError
 from data_generators.geometry import plan_geometry, resample_labels
 from data_generators.io import find_case
 from data_generators.labels import labels_to_regions
@@ -21,6 +20,7 @@ from tests.conftest import require_brats
 from unet3d.artifacts import load_artifact, shipped_path
 from unet3d.evaluation.scores import dice
 from unet3d.inference.pipeline import PredictSettings, predict_case
+from unet3d_base.errors import InputError
 
 CASE = "Brats18_CBICA_AOZ_1"
 KEYS = ("t1", "t1ce", "t2", "flair", "seg")

@@ -10,11 +10,11 @@ import pytest
 import tifffile
 
 import unet3d.cli.predict as predict_cli
-from data_generators.errors import InputError
 from data_generators.lgg import find_lgg_patients, write_synthetic_lgg
 from unet3d.artifacts.keras_file import load_model
 from unet3d.config import ModelConfig, TrainConfig
 from unet3d.training.run import train
+from unet3d_base.errors import InputError
 
 PATIENTS, SLICES, SIZE = 4, 6, 64
 

@@ -12,12 +12,12 @@ import pytest
 
 import unet3d.cli.predict as predict_cli
 import unet3d.cli.train as train_cli
-from data_generators.errors import InputError
-from data_generators.fileio import exclusive_lock
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import exclusive_lock
 
 HOLD = """
 import sys, time
-from data_generators.fileio import exclusive_lock
+from unet3d_base.fileio import exclusive_lock
 with exclusive_lock(sys.argv[1], "--out"):
     print("held", flush=True)
     time.sleep(600)

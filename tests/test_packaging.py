@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import REPO
 
-PACKAGES = ("data_generators", "unet3d")
+PACKAGES = ("unet3d_base", "data_generators", "unet3d")
 # unet3d's layers, bottom to top: a module imports only from its own layer or below
 LAYERS = [
+    {"unet3d_base"},
     {"data_generators"},
     {"unet3d", "unet3d.config", "unet3d.env", "unet3d.keras_compat", "unet3d.precision",
      "unet3d.memory", "unet3d.evaluation"},
@@ -66,7 +67,7 @@ def test_imports_go_down_the_layers_only():
                 upward.append(f"{module} imports {imported}")
     assert not upward, "\n".join(upward)
     data_layer = [m for m, p in _modules() if m.startswith("data_generators")
-                  and any(i.startswith("unet3d") for i in _imports(p))]
+                  and any(i.split(".")[0] == "unet3d" for i in _imports(p))]
     assert not data_layer
 
 
@@ -85,7 +86,7 @@ def fds():
 def changed(env):
     return sorted(set(os.environ.items()) ^ set(env.items()))
 env, before_fds = dict(os.environ), fds()
-import data_generators, unet3d, unet3d.cli, unet3d.config, unet3d.env, unet3d.evaluation
+import unet3d_base, data_generators, unet3d, unet3d.cli, unet3d.config, unet3d.env, unet3d.evaluation
 light = changed(env)
 import tensorflow, keras
 env = dict(os.environ)

@@ -152,7 +152,7 @@ def test_a_plain_run_and_a_part_exclude_each_other(cases, tmp_path, capsys):
     """Parts share a folder with each other, not with a run that owns the whole folder, and
     two processes never run the same part."""
     import unet3d.cli.predict as predict_cli
-    from data_generators.fileio import exclusive_lock, shared_lock
+    from unet3d_base.fileio import exclusive_lock, shared_lock
 
     out = tmp_path / "preds"
     out.mkdir()

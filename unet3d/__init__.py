@@ -3,7 +3,8 @@
 Importing this package changes no environment variable, file descriptor or
 Keras state. Layers, bottom to top (each imports only those below it):
 
-* :mod:`data_generators` (a package of its own): labels, file I/O, NIfTI
+* :mod:`unet3d_base`: errors and atomic, locked file I/O (both packages import it).
+* :mod:`data_generators` (a package of its own): labels, NIfTI
   cases, preprocessing, augmentation and patch datasets.
 * :mod:`unet3d.config`, :mod:`unet3d.env`, :mod:`unet3d.keras_compat`,
   :mod:`unet3d.precision`, :mod:`unet3d.memory`: configuration and machine.
@@ -16,4 +17,4 @@ Keras state. Layers, bottom to top (each imports only those below it):
   ``unet3d-evaluate``, ``unet3d-export``, ``unet3d-postprocess``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text
 from data_generators.labels import MODALITIES, resolve_convention
 from data_generators.normalization import NORMALIZATIONS
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_write_text
 
 OUTPUT_MODES = ("regions", "labels")
 NORMS = ("instance", "none")

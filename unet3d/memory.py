@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from data_generators.errors import InputError
+from unet3d_base.errors import InputError
 
 TRAIN_MAPS_PER_VOXEL = 70
 INFER_MAPS_PER_VOXEL = 8  # measured 6.5 compiled (fp32; bf16 5.2), with margin

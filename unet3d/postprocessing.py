@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path, atomic_write_text
 from data_generators.labels import CLASSES, REGIONS, classes_to_regions
 from unet3d.evaluation.scores import region_dice
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path, atomic_write_text
 
 ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)

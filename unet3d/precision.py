@@ -19,7 +19,7 @@ from pathlib import Path
 
 import keras
 
-from data_generators.errors import InputError
+from unet3d_base.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -14,10 +14,10 @@ from data_generators.dataset import (
     ValidationPatchDataset,
     split_cases,
 )
-from data_generators.errors import InputError
 from data_generators.labels import labels_to_classes
 from data_generators.preprocessing import PreprocessedCase, foreground_coords, preprocess_case
 from data_generators.synthetic import make_synthetic_case
+from unet3d_base.errors import InputError
 
 
 @pytest.fixture(scope="module")

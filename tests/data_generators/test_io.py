@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from dg_helpers import save_nifti
 
-from data_generators.errors import InputError
 from data_generators.io import CaseFiles, find_case, find_cases, load_case, save_segmentation
+from unet3d_base.errors import InputError
 
 
 def _one_line_error(excinfo, *parts: str) -> str:

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from data_generators.errors import InputError
 from data_generators.lgg import (
     LGG_MODALITIES,
     LggPatient,
@@ -22,6 +21,7 @@ from data_generators.lgg import (
     save_lgg_predictions,
     write_synthetic_lgg,
 )
+from unet3d_base.errors import InputError
 
 PID = "TCGA_AB_1234_19990101"
 H, W = 5, 7  # not square, so a transposed read shows

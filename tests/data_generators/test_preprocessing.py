@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from dg_helpers import save_nifti
 
-from data_generators.errors import InputError
 from data_generators.io import find_case, load_case
 from data_generators.normalization import clip_percentiles, n4_correct
 from data_generators.preprocessing import (
@@ -22,6 +21,7 @@ from data_generators.preprocessing import (
     uncrop,
     zscore_in_mask,
 )
+from unet3d_base.errors import InputError
 
 
 @pytest.fixture(scope="module")

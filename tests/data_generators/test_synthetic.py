@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from data_generators.errors import InputError
 from data_generators.io import find_cases, load_case
 from data_generators.synthetic import make_synthetic_case, write_synthetic_dataset
+from unet3d_base.errors import InputError
 
 SHAPE = (48, 48, 40)
 

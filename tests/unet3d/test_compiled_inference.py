@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 
-from data_generators.errors import InputError
 from unet3d.config import ModelConfig
 from unet3d.inference.predictor import WindowPredictor
 from unet3d.models.forward import eager_predict_fn, keras_predict_fn
 from unet3d.models.unet import build_unet3d
 from unet3d.precision import cpu_flags, dtype_policy, resolve_precision
+from unet3d_base.errors import InputError
 
 TINY = ModelConfig(base_filters=4, depth=3, dropout=0.3)
 

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_generators.errors import InputError
 from unet3d.artifacts.keras_file import save_model
 from unet3d.artifacts.litert_file import LiteRTModel, op_names, read_litert_config
 from unet3d.config import ModelConfig, TrainConfig
@@ -25,6 +24,7 @@ from unet3d.export import (
     lower_model,
 )
 from unet3d.models.unet import build_unet3d
+from unet3d_base.errors import InputError
 
 pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast
 

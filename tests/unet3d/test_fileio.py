@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from data_generators.fileio import atomic_path, atomic_write_text
+from unet3d_base.fileio import atomic_path, atomic_write_text
 
 
 def _mode(path) -> int:

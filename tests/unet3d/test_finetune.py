@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 
-from data_generators.errors import InputError
 from unet3d.config import ModelConfig
 from unet3d.models.unet import build_unet3d
 from unet3d.training.finetune import (
@@ -15,6 +14,7 @@ from unet3d.training.finetune import (
     encoder_layers,
     transfer_weights,
 )
+from unet3d_base.errors import InputError
 
 pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast
 SMALL = ModelConfig(base_filters=4, depth=3, segmentation_levels=2, dropout=0.0)

@@ -86,7 +86,7 @@ def test_predictor_auto_mode_follows_memory_budget():
 
 
 def test_memory_refusals_name_the_option(monkeypatch):
-    from data_generators.errors import InputError
+    from unet3d_base.errors import InputError
 
     # 144x176x144 x 16 x 8 x 4 B = 1.74 GiB + 1 GiB runtime = 2.7 GB > 2 GB
     monkeypatch.setenv("UNET3D_MEMORY_GB", "2")

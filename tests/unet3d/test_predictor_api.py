@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import unet3d.cli.predict as predict_cli
-from data_generators.errors import InputError
 from unet3d.artifacts import Artifact
 from unet3d.inference import Predictor, PredictSettings
+from unet3d_base.errors import InputError
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 

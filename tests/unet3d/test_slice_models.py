@@ -13,12 +13,12 @@ from keras import layers
 
 from data_generators.augmentation import AugmentationConfig
 from data_generators.dataset import BratsPatchDataset, ValidationPatchDataset
-from data_generators.errors import InputError
 from data_generators.preprocessing import PreprocessedCase
 from unet3d.config import ModelConfig, TrainConfig
 from unet3d.inference.predictor import WindowPredictor, slice_predict_fn
 from unet3d.models.layers import attention_gate
 from unet3d.models.unet import build_unet3d
+from unet3d_base.errors import InputError
 
 TINY = {"base_filters": 2, "depth": 2, "segmentation_levels": 1, "dropout": 0.0}
 

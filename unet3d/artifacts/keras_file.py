@@ -17,8 +17,8 @@ import keras
 
 import unet3d.models.losses
 import unet3d.models.metrics  # noqa: F401  (registers the Dice metrics)
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path
 
 CONFIG_ENTRY = "unet3d_config.json"
 STATE_ENTRY = "unet3d_state.json"

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
+from unet3d_base.errors import InputError
 
 
 def report_path(path: str | Path) -> Path:

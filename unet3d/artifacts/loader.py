@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_generators.errors import InputError
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, report_path
 from unet3d.config import TrainConfig
@@ -26,6 +25,7 @@ from unet3d.models.forward import keras_predict_fn
 from unet3d.models.unet import build_unet3d
 from unet3d.postprocessing import PostProcessing, read_plan
 from unet3d.precision import dtype_policy, policy_scope
+from unet3d_base.errors import InputError
 
 
 @dataclass

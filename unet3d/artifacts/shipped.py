@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data_generators.errors import InputError
+from unet3d_base.errors import InputError
 
 # the checkout's models/ (an editable install, or running from the repository);
 # a wheel installed elsewhere finds them through UNET3D_MODELS

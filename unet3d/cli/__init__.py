@@ -19,9 +19,9 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from data_generators.errors import OUTPUT_ERROR_EXIT, OutputError
-from data_generators.fileio import STORAGE_ERRNOS
 from unet3d.env import prepare_backend
+from unet3d_base.errors import OUTPUT_ERROR_EXIT, OutputError
+from unet3d_base.fileio import STORAGE_ERRNOS
 
 
 def _run(module: str, argv: Sequence[str] | None) -> int:

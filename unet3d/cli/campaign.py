@@ -18,8 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text
 from unet3d.training.campaign import (
     REGIONS,
     Campaign,
@@ -31,6 +29,8 @@ from unet3d.training.campaign import (
     read_json,
     read_split,
 )
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_write_text
 
 
 def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:

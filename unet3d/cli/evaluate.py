@@ -12,11 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_generators.errors import InputError
 from data_generators.labels import CONVENTIONS
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import DEFAULT_CSV, PROG, evaluate_folder, format_summary
 from unet3d.evaluation.review import write_review
+from unet3d_base.errors import InputError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_generators.errors import InputError
 from unet3d.env import prepare_backend
+from unet3d_base.errors import InputError
 
 PROG = "export"
 

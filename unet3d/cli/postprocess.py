@@ -10,7 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_generators.errors import InputError
 from data_generators.geometry import load_case_for_model
 from data_generators.io import find_case
 from data_generators.preprocessing import preprocess_case
@@ -20,6 +19,7 @@ from unet3d.inference.pipeline import probabilities_to_classes
 from unet3d.inference.predictor import WindowPredictor
 from unet3d.postprocessing import PostProcessing, choose, write_plan
 from unet3d.precision import resolve_precision
+from unet3d_base.errors import InputError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,13 +17,6 @@ from pathlib import Path
 
 import keras
 
-from data_generators.errors import InputError
-from data_generators.fileio import (
-    ensure_writable_dir,
-    exclusive_lock,
-    remove_stale_temporaries,
-    shared_lock,
-)
 from data_generators.labels import resolve_convention
 from data_generators.lgg import is_lgg_patient
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
@@ -33,6 +26,13 @@ from unet3d.evaluation.review import write_review
 from unet3d.inference.api import Predictor
 from unet3d.inference.pipeline import PredictSettings
 from unet3d.precision import resolve_precision
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import (
+    ensure_writable_dir,
+    exclusive_lock,
+    remove_stale_temporaries,
+    shared_lock,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

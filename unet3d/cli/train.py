@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from data_generators.errors import InputError
 from data_generators.labels import MODALITIES
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.shipped import DEFAULT_NAME
@@ -29,6 +28,7 @@ from unet3d.training.callbacks import Preempted
 from unet3d.training.finetune import source_path
 from unet3d.training.run import train
 from unet3d.training.rundir import load_resume_config
+from unet3d_base.errors import InputError
 
 # CLI option -> TrainConfig (or ModelConfig) field
 OVERRIDES = {

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path
 from data_generators.io import find_cases, read_volume
 from data_generators.labels import check_labels, resolve_convention
 from unet3d.evaluation.lesionwise import LESION_KEYS, lesionwise_case
 from unet3d.evaluation.scores import SCORE_KEYS, score_case, summarize
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path
 
 PROG = "evaluate"
 DEFAULT_CSV = "evaluation.csv"

@@ -23,13 +23,13 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path, atomic_write_text
 from data_generators.io import find_case, read_volume
 from data_generators.labels import CLASS_COLOURS, MODALITIES, labels_to_classes
 from unet3d.evaluation.flags import case_flags
 from unet3d.evaluation.folder import find_predictions
 from unet3d.evaluation.viewer import install_viewer, viewer_html, write_case_data
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path, atomic_write_text
 
 REVIEW_DIR = "review"
 REGION_CLASSES = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}

@@ -23,8 +23,8 @@ from urllib.parse import quote
 import nibabel as nib
 import numpy as np
 
-from data_generators.fileio import atomic_path
 from data_generators.labels import CLASS_COLOURS
+from unet3d_base.fileio import atomic_path
 
 NIIVUE_VERSION = "0.69.0"  # as package.json pins it
 NIIVUE_FILE = "niivue.umd.js"

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from data_generators.dataset import ValidationPatchDataset
-from data_generators.errors import InputError
 from data_generators.layouts import find_any_cases
 from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.config import MODALITIES, TrainConfig
+from unet3d_base.errors import InputError
 
 # preprocessing a case takes seconds; a few cases give enough variety
 MAX_CASES = 4

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_path
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
 from unet3d.export import calibration as calib
 from unet3d.export.lowering import lower_model
 from unet3d.models.forward import keras_predict_fn
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_path
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # ops that must never appear: LiteRT's slow float-only 3D kernels, and TF fallbacks

@@ -34,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from data_generators.errors import InputError
+from unet3d_base.errors import InputError
 
 Array = np.ndarray
 

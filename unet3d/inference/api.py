@@ -18,8 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import remove_stale_temporaries
 from data_generators.geometry import plan_geometry
 from data_generators.labels import classes_to_labels, resolve_convention
 from data_generators.lgg import find_lgg_patient, is_lgg_patient
@@ -36,6 +34,8 @@ from unet3d.inference.pipeline import (
 )
 from unet3d.postprocessing import PostProcessing
 from unet3d.precision import resolve_precision
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import remove_stale_temporaries
 
 
 @dataclass

@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text
 from data_generators.geometry import load_case_for_model
 from data_generators.io import save_segmentation
 from data_generators.labels import (
@@ -31,6 +29,8 @@ from unet3d.evaluation.scores import dice
 from unet3d.inference.predictor import WindowPredictor
 from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
 from unet3d.postprocessing import PostProcessing
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_write_text
 
 NIFTI_SUFFIX = ".nii.gz"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_generators.fileio import atomic_path
 from data_generators.labels import CLASS_COLOURS, REGIONS, classes_to_regions
+from unet3d_base.fileio import atomic_path
 
 
 def region_volumes(classes: np.ndarray, spacing: Sequence[float]) -> dict[str, dict[str, float]]:

@@ -13,12 +13,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text
 from unet3d.artifacts.keras_file import load_model, read_checkpoint_state, save_model
 from unet3d.keras_compat import seed_state
 from unet3d.models.metrics import predicted_regions, target_regions
 from unet3d.training.summaries import EventWriter
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_write_text
 
 STATE_FILE = "state.json"
 LAST, PREVIOUS, STEP = "last.keras", "previous.keras", "step.keras"

@@ -54,8 +54,6 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text
 from unet3d.env import describe_cpu
 from unet3d.training.campaign_plan import (  # noqa: F401  (the campaign's API, in one place)
     REGIONS,
@@ -67,6 +65,8 @@ from unet3d.training.campaign_plan import (  # noqa: F401  (the campaign's API, 
     read_json,
     read_split,
 )
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[2]
 

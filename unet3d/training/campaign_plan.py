@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.errors import InputError
+from unet3d_base.errors import InputError
 
 REGIONS = ("WT", "TC", "ET")
 

@@ -36,9 +36,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from data_generators.errors import InputError
 from unet3d.config import STRATEGIES
 from unet3d.keras_compat import build_for_strategy, set_model_strategy
+from unet3d_base.errors import InputError
 
 
 @dataclass

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import keras
 
-from data_generators.errors import InputError
 from unet3d.artifacts.keras_file import load_model
 from unet3d.models.unet import build_unet3d
+from unet3d_base.errors import InputError
 
 ENCODER_PREFIX = "enc"
 FIRST_CONV = "enc0_conv"

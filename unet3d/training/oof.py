@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.fileio import atomic_write_text
 from data_generators.labels import classes_to_regions
+from unet3d_base.fileio import atomic_write_text
 
 REGIONS = ("WT", "TC", "ET")
 
@@ -153,7 +153,7 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], steps_per_epoch: dict
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from data_generators.fileio import atomic_path
+    from unet3d_base.fileio import atomic_path
 
     names = sorted(curves)
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.0),

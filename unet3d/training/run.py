@@ -30,12 +30,6 @@ from data_generators.dataset import (
     ValidationPatchDataset,
     split_cases,
 )
-from data_generators.errors import InputError
-from data_generators.fileio import (
-    atomic_write_text,
-    exclusive_lock,
-    remove_stale_temporaries,
-)
 from data_generators.io import check_data_folder
 from data_generators.layouts import LggCase, find_any_cases
 from data_generators.preprocessing import cache_for, default_cache_root
@@ -75,6 +69,12 @@ from unet3d.training.hparams import region_means, write_trial
 from unet3d.training.rundir import prepare_run_dir, truncate_log
 from unet3d.training.summaries import CsvLog, EpochScalars
 from unet3d.training.validation import evaluate_volumes
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import (
+    atomic_write_text,
+    exclusive_lock,
+    remove_stale_temporaries,
+)
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_generators.errors import InputError
-from data_generators.fileio import atomic_write_text, ensure_writable_dir
 from unet3d.config import TrainConfig
+from unet3d_base.errors import InputError
+from unet3d_base.fileio import atomic_write_text, ensure_writable_dir
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool) -> Path:

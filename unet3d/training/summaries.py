@@ -28,7 +28,7 @@ from tensorboard.plugins.image import metadata as image_metadata
 from tensorboard.plugins.scalar import summary_v2 as scalar_summary
 from tensorboard.util import tensor_util
 
-from data_generators.fileio import atomic_write_text
+from unet3d_base.fileio import atomic_write_text
 
 
 class EventWriter:

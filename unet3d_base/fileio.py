@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_generators.errors import InputError, OutputError
+from unet3d_base.errors import InputError, OutputError
 
 # the write failures that say "the storage", not the program: full disk, quota, file size, I/O
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS})
