@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--out {args.out}: exists; pass --overwrite to replace it")
         if args.threads <= 0:
             raise InputError(f"--threads must be positive, got {args.threads}")
+        # the TensorFlow-only backend: loaded after the backend check, so that on JAX or
+        # PyTorch the refusal above is the only line on stderr (TensorFlow's start-up
+        # chatter is silenced only when prepare_backend loads it, on its own backend)
         from unet3d.export.convert import export_litert, format_report
 
         report = export_litert(

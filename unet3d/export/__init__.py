@@ -11,10 +11,10 @@
 * :class:`unet3d.artifacts.litert_file.LiteRTModel` runs the file as a ``predict_fn``.
 """
 
+from unet3d.export.agreement import agreement
 from unet3d.export.convert import (
     FORBIDDEN_OPS,
     PRECISIONS,
-    agreement,
     check_window,
     convert,
     export_litert,

@@ -3,7 +3,8 @@
 Patches come from :class:`data_generators.dataset.ValidationPatchDataset`
 (fixed, seeded centres: tumor centroid, tumor voxels, random voxels) over
 cases preprocessed into the same cache training uses, so a run's cache is
-reused.
+reused. :func:`choose_patches` picks an export's patches: given ones, a data
+folder's, the run's training cases, or (fp32/fp16 only) random ones.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from data_generators.cache import cache_for, default_cache_root
 from data_generators.dataset import ValidationPatchDataset
 from data_generators.layouts import find_any_cases
-from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.config import MODALITIES, TrainConfig
 from unet3d_base.errors import InputError
@@ -112,3 +113,50 @@ def random_patches(window: Sequence[int], channels: int, count: int,
     """Seeded standard-normal float32 patches `(1, D, H, W, C)` (z-scored-like inputs)."""
     rng = np.random.default_rng(seed)
     return [rng.standard_normal((1, *window, channels), dtype=np.float32) for _ in range(count)]
+
+
+def choose_patches(calibration, calibration_data, count, model_path, config, window,
+                   channels, precision) -> tuple[list[np.ndarray], str]:
+    """The patches an export calibrates on and checks with, and where they came from.
+
+    In order: ``calibration`` (given patches, `(1, *window, C)` or `(*window, C)`),
+    patches drawn from ``calibration_data``, from the run's training cases beside
+    ``model_path``, else (fp32/fp16 only) seeded random patches.
+
+    Returns:
+        (float32 patches `(1, *window, C)`, a description of their source).
+
+    Raises:
+        InputError: a patch of the wrong shape, no patches, unreadable
+            ``--calibration-data``, or int8 without real patches.
+    """
+    if calibration is not None:
+        patches = []
+        for patch in calibration:
+            patch = np.asarray(patch, dtype=np.float32)
+            if patch.ndim == len(window) + 1:
+                patch = patch[None]
+            if patch.shape != (1, *window, channels):
+                raise InputError(f"calibration patch of shape {patch.shape}, expected "
+                                 f"{(1, *window, channels)}")
+            patches.append(patch)
+        if not patches:
+            raise InputError("calibration holds no patches")
+        return patches, "given"
+    if calibration_data is not None:
+        path = Path(calibration_data)
+        try:
+            return draw_patches(path, window, count, config), f"--calibration-data {path}"
+        except InputError as err:
+            raise InputError(f"--calibration-data: {err}") from None
+    reason = "no model file"
+    if model_path is not None:
+        try:
+            return (run_patches(model_path, config, window, count),
+                    f"training cases of {model_path.parent}")
+        except InputError as err:
+            reason = str(err)
+    if precision == "int8":
+        raise InputError(f"int8 needs real calibration patches: {reason}; "
+                         "pass --calibration-data DIR")
+    return random_patches(window, channels, min(count, 2)), f"random ({reason})"

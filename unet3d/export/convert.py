@@ -1,4 +1,8 @@
-"""Converting the lowered U-Net to ``.tflite`` (fp32, fp16, int8) and checking it."""
+"""Converting the lowered U-Net to ``.tflite`` (fp32, fp16, int8) and checking it.
+
+The comparison with Keras is :mod:`unet3d.export.agreement`, the choice of
+calibration patches :func:`unet3d.export.calibration.choose_patches`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import numpy as np
 
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, op_names, report_path
-from unet3d.export import calibration as calib
+from unet3d.export.agreement import agreement, output_mode_of
+from unet3d.export.calibration import choose_patches
 from unet3d.export.lowering import lower_model
 from unet3d.models.forward import keras_predict_fn
 from unet3d_base.errors import InputError
@@ -97,83 +102,28 @@ def strip_names(content: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+def _check_arguments(out_path: Path, precision: str, overwrite: bool,
+                     calibration_patches: int) -> None:
+    """Refuses a bad precision, output path or patch count before any work; makes the
+    output's folder.
 
-
-def whole_tumor(probabilities: np.ndarray, output_mode: str) -> np.ndarray:
-    """WT mask: channel 0 > 0.5 (regions) or argmax > 0 (labels), `(..., K)` -> `(...)`."""
-    if output_mode == "regions":
-        return probabilities[..., 0] > 0.5
-    return np.argmax(probabilities, axis=-1) > 0
-
-
-def agreement(reference: Sequence[np.ndarray], exported: Sequence[np.ndarray],
-              output_mode: str) -> dict[str, float]:
-    """Differences between two models' probabilities on the same patches.
-
-    Args:
-        reference, exported: float32 `(1, D, H, W, K)` per patch.
-        output_mode: ``regions`` or ``labels``.
-
-    Returns:
-        max / mean absolute difference, WT Dice pooled over the patches, the
-        lowest per-patch WT Dice, and the share of voxels whose WT call differs.
+    Raises:
+        InputError: naming the option at fault.
     """
-    ref = np.concatenate(reference)
-    out = np.concatenate(exported)
-    wt_ref, wt_out = whole_tumor(ref, output_mode), whole_tumor(out, output_mode)
-    per_patch = [dice(a, b) for a, b in zip(wt_ref, wt_out, strict=True)]
-    return {
-        "max_abs_diff": float(np.abs(ref - out).max()),
-        "mean_abs_diff": float(np.abs(ref - out).mean()),
-        "dice_wt": dice(wt_ref, wt_out),
-        "dice_wt_min": float(min(per_patch)),
-        "wt_voxels_differ": float(np.mean(wt_ref != wt_out)),
-        "wt_voxels_keras": float(wt_ref.mean()),
-    }
-
-
-def _output_mode(model) -> str:
-    activation = model.layers[-1].get_config().get("activation") if model.layers else None
-    return "labels" if activation == "softmax" else "regions"
-
-
-def _calibration(calibration, calibration_data, count, model_path, config, window, channels,
-                 precision) -> tuple[list[np.ndarray], str]:
-
-    if calibration is not None:
-        patches = []
-        for patch in calibration:
-            patch = np.asarray(patch, dtype=np.float32)
-            if patch.ndim == len(window) + 1:
-                patch = patch[None]
-            if patch.shape != (1, *window, channels):
-                raise InputError(f"calibration patch of shape {patch.shape}, expected "
-                                 f"{(1, *window, channels)}")
-            patches.append(patch)
-        if not patches:
-            raise InputError("calibration holds no patches")
-        return patches, "given"
-    if calibration_data is not None:
-        path = Path(calibration_data)
-        try:
-            return calib.draw_patches(path, window, count, config), f"--calibration-data {path}"
-        except InputError as err:
-            raise InputError(f"--calibration-data: {err}") from None
-    reason = "no model file"
-    if model_path is not None:
-        try:
-            return (calib.run_patches(model_path, config, window, count),
-                    f"training cases of {model_path.parent}")
-        except InputError as err:
-            reason = str(err)
-    if precision == "int8":
-        raise InputError(f"int8 needs real calibration patches: {reason}; "
-                         "pass --calibration-data DIR")
-    return calib.random_patches(window, channels, min(count, 2)), f"random ({reason})"
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if out_path.suffix != ".tflite":
+        raise InputError(f"--out {out_path}: must end in .tflite")
+    if out_path.exists() and not overwrite:
+        raise InputError(f"--out {out_path}: exists; pass --overwrite to replace it")
+    if out_path.is_dir():
+        raise InputError(f"--out {out_path}: is a folder")
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--out {out_path}: cannot write there ({err.strerror})") from None
+    if calibration_patches <= 0:
+        raise InputError(f"--calibration-patches must be positive, got {calibration_patches}")
 
 
 def export_litert(
@@ -221,27 +171,14 @@ def export_litert(
     Returns:
         The report dict (also in ``<out_path>.json``): ``path``, ``precision``,
         ``window``, ``size_bytes``, ``ops`` (name -> count), ``calibration``,
-        ``agreement`` (see :func:`agreement`), ``config``.
+        ``agreement`` (see :func:`unet3d.export.agreement.agreement`), ``config``.
 
     Raises:
         InputError: bad model file, precision, window, calibration or output.
     """
 
     out_path = Path(out_path)
-    if precision not in PRECISIONS:
-        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if out_path.suffix != ".tflite":
-        raise InputError(f"--out {out_path}: must end in .tflite")
-    if out_path.exists() and not overwrite:
-        raise InputError(f"--out {out_path}: exists; pass --overwrite to replace it")
-    if out_path.is_dir():
-        raise InputError(f"--out {out_path}: is a folder")
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"--out {out_path}: cannot write there ({err.strerror})") from None
-    if calibration_patches <= 0:
-        raise InputError(f"--calibration-patches must be positive, got {calibration_patches}")
+    _check_arguments(out_path, precision, overwrite, calibration_patches)
 
     model_path = None
     if isinstance(model_or_path, (str, Path)):
@@ -256,8 +193,8 @@ def export_litert(
         window = config["patch_size"]
     window = check_window(window, model_stride(model), model_dims(model))
     channels = int(model.inputs[0].shape[-1])
-    patches, source = _calibration(calibration, calibration_data, calibration_patches,
-                                   model_path, config, window, channels, precision)
+    patches, source = choose_patches(calibration, calibration_data, calibration_patches,
+                                     model_path, config, window, channels, precision)
 
     content = convert(lower_model(model, window), precision, patches)
     ops = op_names(content)
@@ -265,7 +202,7 @@ def export_litert(
     if bad:  # a lowering bug, not bad input
         raise RuntimeError(f"exported graph still holds {', '.join(bad)}")
 
-    output_mode = (config or {}).get("model", {}).get("output_mode") or _output_mode(model)
+    output_mode = (config or {}).get("model", {}).get("output_mode") or output_mode_of(model)
 
     forward = keras_predict_fn(model)  # compiled once, reused for every patch
     reference = [forward(np.asarray(p, dtype=np.float32)) for p in patches]
