@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
 
-    from data_generators.io import find_case, load_case
+    from data_generators.io import find_case
+    from data_generators.nifti import load_case
     from data_generators.preprocessing import preprocess_case
     from unet3d.artifacts.keras_file import save_model
     from unet3d.config import ModelConfig, TrainConfig

@@ -39,9 +39,10 @@ from unet3d.env import apply_defaults
 
 apply_defaults()  # TensorFlow environment defaults, before TF loads
 from data_generators.augmentation import AugmentationConfig  # noqa: E402
+from data_generators.cache import PreprocessedCache  # noqa: E402
 from data_generators.dataset import BratsPatchDataset  # noqa: E402
-from data_generators.io import find_cases, load_case  # noqa: E402
-from data_generators.preprocessing import PreprocessedCache  # noqa: E402
+from data_generators.io import find_cases  # noqa: E402
+from data_generators.nifti import load_case  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats2018"
 

@@ -120,7 +120,8 @@ def flops_and_peak(case: str) -> tuple[float, float, tuple[int, ...]]:
     """Conv GFLOP of one whole-volume pass of the default network, numpy's sgemm GFLOP/s."""
     import numpy as np
 
-    from data_generators.io import find_case, load_case
+    from data_generators.io import find_case
+    from data_generators.nifti import load_case
     from data_generators.preprocessing import preprocess_case
     from unet3d.config import ModelConfig
     from unet3d.models.unet import build_unet3d, conv_flops

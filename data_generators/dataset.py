@@ -1,10 +1,12 @@
-"""Keras ``PyDataset`` patch samplers for training and validation, and the case split.
+"""Keras ``PyDataset`` patch samplers for training and validation.
 
 Batches are ``x`` float32 ``(B, D, H, W, C)`` and ``y`` float32: regions
 ``(B, D, H, W, 3)`` (WT, TC, ET) or one-hot classes ``(B, D, H, W, 4)``. A
 two-value ``patch_size`` ``(H, W)`` samples axial slices for a 2D network
 instead: patches of depth 1 cut and augmented in the slice's plane
 (``AugmentationConfig(in_plane=True)``), delivered as ``(B, H, W, C)``.
+Patch shapes, targets and random centres are :mod:`data_generators.patches`;
+the train / validation split of the cases is :mod:`data_generators.case_split`.
 """
 
 from __future__ import annotations
@@ -18,48 +20,15 @@ import keras
 import numpy as np
 
 from data_generators.augmentation import AugmentationConfig, extract_patch
-from data_generators.labels import CLASSES, classes_to_regions
+from data_generators.patches import (
+    as_slices,
+    check_cases,
+    encode_target,
+    random_voxel,
+    volume_patch,
+)
 from data_generators.preprocessing import PreprocessedCase
 from unet3d_base.errors import InputError
-
-OUTPUT_MODES = ("regions", "labels")
-
-
-def encode_target(label: np.ndarray, output_mode: str) -> np.ndarray:
-    """Class indices ``(..., )`` -> float32 regions ``(..., 3)`` or one-hot ``(..., 4)``."""
-    if output_mode == "regions":
-        return classes_to_regions(label).astype(np.float32)
-    if output_mode == "labels":
-        return np.eye(len(CLASSES), dtype=np.float32)[np.asarray(label, dtype=np.intp)]
-    raise ValueError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}")
-
-
-def _check_cases(cases: Sequence[PreprocessedCase], output_mode: str) -> None:
-    if not cases:
-        raise InputError("no cases to sample patches from")
-    if output_mode not in OUTPUT_MODES:
-        raise InputError(f"output_mode must be one of {', '.join(OUTPUT_MODES)}, "
-                         f"got {output_mode!r}")
-    for case in cases:
-        if case.label is None:
-            raise InputError(f"case {case.case_id}: has no label to train on")
-
-
-def volume_patch(patch_size: Sequence[int]) -> tuple[int, int, int]:
-    """The 3D patch cut for ``patch_size``: itself, or ``(H, W, 1)`` for a slice ``(H, W)``."""
-    size = tuple(int(p) for p in patch_size)
-    if len(size) not in (2, 3):
-        raise InputError(f"patch size must have 2 (slices) or 3 sizes, got {size}")
-    return size if len(size) == 3 else (*size, 1)
-
-
-def as_slices(batch: np.ndarray, spatial_dims: int) -> np.ndarray:
-    """``(B, H, W, 1, C)`` -> ``(B, H, W, C)`` for a 2D network; unchanged for 3D."""
-    return batch[:, :, :, 0] if spatial_dims == 2 else batch
-
-
-def _random_voxel(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    return np.array([rng.integers(0, int(s)) for s in shape[:3]], dtype=np.int64)
 
 
 class BratsPatchDataset(keras.utils.PyDataset):
@@ -97,7 +66,7 @@ class BratsPatchDataset(keras.utils.PyDataset):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        _check_cases(cases, output_mode)
+        check_cases(cases, output_mode)
         if not 0.0 <= foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must lie in [0, 1], got {foreground_fraction}")
         self.cases = list(cases)
@@ -141,7 +110,7 @@ class BratsPatchDataset(keras.utils.PyDataset):
                                     dtype=np.int64)
                 picks.append((k, centre, True))
             else:
-                picks.append((k, _random_voxel(case.image.shape, rng), False))
+                picks.append((k, random_voxel(case.image.shape, rng), False))
         return picks
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,7 +159,7 @@ class ValidationPatchDataset(keras.utils.PyDataset):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        _check_cases(cases, output_mode)
+        check_cases(cases, output_mode)
         self.cases = list(cases)
         self.spatial_dims = len(tuple(patch_size))
         self.patch_size = volume_patch(patch_size)
@@ -206,7 +175,7 @@ class ValidationPatchDataset(keras.utils.PyDataset):
                 elif len(fg) and j % 2 == 1:
                     centre = fg[rng.integers(len(fg))].astype(np.int64)
                 else:
-                    centre = _random_voxel(case.image.shape, rng)
+                    centre = random_voxel(case.image.shape, rng)
                 self.centres.append((k, centre))
 
     def __len__(self) -> int:
@@ -311,50 +280,3 @@ class EpochSpan(keras.utils.PyDataset):
 
     def __del__(self) -> None:
         self.close(wait=False)
-
-
-def split_cases(
-    case_ids: Sequence[str],
-    val_fraction: float = 0.2,
-    seed: int = 42,
-    folds: int = 1,
-    fold: int = 0,
-) -> tuple[list[str], list[str]]:
-    """Splits case ids into training and validation sets.
-
-    The ids are sorted, then shuffled with ``seed``, so the split does not
-    depend on the input order.
-
-    Args:
-        case_ids: all case ids (unique).
-        val_fraction: validation share when ``folds == 1``.
-        seed: shuffle seed.
-        folds: number of folds; > 1 gives a k-fold split.
-        fold: the fold held out for validation.
-
-    Returns:
-        ``(train_ids, val_ids)``, each sorted, disjoint, non-empty.
-
-    Raises:
-        InputError: fewer than 2 cases, duplicated ids or a bad fold.
-    """
-    ids = sorted(str(c) for c in case_ids)
-    if len(set(ids)) != len(ids):
-        raise InputError("case ids are not unique")
-    n = len(ids)
-    if n < 2:
-        raise InputError(f"need at least 2 cases to split into training and validation, got {n}")
-    if folds < 1 or not 0 <= fold < folds:
-        raise InputError(f"--fold must lie in 0..{folds - 1}, got {fold}")
-    if folds > n:
-        raise InputError(f"--folds {folds} is more than the {n} cases")
-    order = np.random.default_rng(seed).permutation(n)
-    if folds > 1:
-        val_idx = np.array_split(order, folds)[fold]
-    else:
-        if not 0.0 < val_fraction < 1.0:
-            raise InputError(f"--val-fraction must lie in (0, 1), got {val_fraction}")
-        n_val = min(max(1, int(round(n * val_fraction))), n - 1)
-        val_idx = order[:n_val]
-    val = set(val_idx.tolist())
-    return [ids[i] for i in range(n) if i not in val], [ids[i] for i in sorted(val)]

@@ -28,6 +28,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from skimage.transform import resize
 
 from data_generators.io import CaseFiles
 from data_generators.layouts import LggCase, load_any_case
@@ -157,7 +158,7 @@ def plan_geometry(shape: tuple[int, ...], affine: np.ndarray, path: str | Path) 
 
 def load_case_for_model(case: CaseFiles | LggCase, label_convention: str = "brats2017"
                         ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any], Geometry]:
-    """:func:`data_generators.io.load_case` (or a Kaggle LGG patient,
+    """:func:`data_generators.nifti.load_case` (or a Kaggle LGG patient,
     :mod:`data_generators.layouts`), brought to the model's space.
 
     Returns:
@@ -195,8 +196,6 @@ def resample_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 def _resize(array: np.ndarray, shape: tuple[int, ...], order: int) -> np.ndarray:
     """Resizes the 3 spatial axes (channels, if any, last) so voxel edges line up."""
-    from skimage.transform import resize  # scikit-image loads slowly; only resampling needs it
-
     full = tuple(shape) + tuple(array.shape[3:])
     return resize(array.astype(np.float32, copy=False), full, order=order, mode="edge",
                   anti_aliasing=False, preserve_range=True).astype(np.float32)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from data_generators.io import CaseFiles, find_case, find_cases, load_case
+from data_generators.io import CaseFiles, find_case, find_cases
 from data_generators.lgg import (
     LggPatient,
     find_lgg_patient,
@@ -31,6 +31,7 @@ from data_generators.lgg import (
     is_lgg_root,
     load_lgg_patient,
 )
+from data_generators.nifti import load_case
 
 # a stacked LGG patient is taken as 1 mm and in the model's (LPS) axes: nothing to reorient
 LGG_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -76,7 +77,7 @@ def find_any_case(folder: str | Path, modalities: Sequence[str], require_label: 
 
 def load_any_case(case: CaseFiles | LggCase, label_convention: str = "brats2017"
                   ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """:func:`data_generators.io.load_case`, or a stacked LGG patient with the same
+    """:func:`data_generators.nifti.load_case`, or a stacked LGG patient with the same
     properties (``affine`` :data:`LGG_AFFINE`, ``spacing`` 1 mm: the TIFs hold neither)."""
     if not isinstance(case, LggCase):
         return load_case(case, label_convention)

@@ -1,4 +1,4 @@
-"""Reading and writing the Kaggle "LGG MRI segmentation" dataset (Buda et al.).
+"""Finding and reading the Kaggle "LGG MRI segmentation" dataset (Buda et al.).
 
 Layout (``mateuszbuda/lgg-mri-segmentation``, folder ``kaggle_3m``)::
 
@@ -15,7 +15,9 @@ and post-contrast T1 (``t1ce``), in that order (:data:`LGG_MODALITIES`). The
 mask marks the FLAIR abnormality; it is loaded as class 2 (edema, see
 :data:`data_generators.labels.CLASSES`), so that the whole-tumor region equals
 the mask. Volumes are returned channels-last, ``(H, W, N, C)``, with the
-slices stacked along axis 2 in slice-number order.
+slices stacked along axis 2 in slice-number order. Predictions are written in the
+dataset's own mask format by :mod:`data_generators.lgg_predictions`; a small synthetic
+dataset in this layout by :mod:`data_generators.lgg_synthetic`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import tifffile
 
 from data_generators.io import check_data_folder
 from unet3d_base.errors import InputError
-from unet3d_base.fileio import atomic_path
 
 # the channel order of the RGB slices
 LGG_MODALITIES: tuple[str, ...] = ("t1", "flair", "t1ce")
@@ -41,7 +42,6 @@ EDEMA_CLASS = 2  # index of "edema" in data_generators.labels.CLASSES
 _MASK_THRESHOLD = 127
 _TIF_ERRORS = (tifffile.TiffFileError, OSError, ValueError, EOFError, struct.error, KeyError,
                IndexError)
-_SLICE_NUMBER = re.compile(r"_(\d+)\.tiff?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def _read_tif(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable TIFF file ({detail})") from None
 
 
-def _tif_shape(path: Path) -> tuple[int, ...]:
+def tif_shape(path: Path) -> tuple[int, ...]:
     """The shape of a TIFF file's first page, read from its header only."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
@@ -187,7 +187,8 @@ def _tif_shape(path: Path) -> tuple[int, ...]:
         raise InputError(f"{path}: not a readable TIFF file ({detail})") from None
 
 
-def _shape_text(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int]) -> str:
+    """``(240, 240)`` -> ``240x240``."""
     return "x".join(str(int(s)) for s in shape)
 
 
@@ -238,13 +239,13 @@ def load_lgg_patient(
         slice_path = Path(slice_path)
         data = _read_tif(slice_path)
         if data.ndim != 3 or data.shape[2] != 3:
-            raise InputError(f"{slice_path}: shape {_shape_text(data.shape)}, expected an "
+            raise InputError(f"{slice_path}: shape {shape_text(data.shape)}, expected an "
                              "HxWx3 RGB slice")
         if image is None:
             height, width = data.shape[:2]
             image = np.empty((height, width, len(patient.slices), len(channels)), np.float32)
         elif data.shape[:2] != (height, width):
-            raise InputError(f"{slice_path}: size {_shape_text(data.shape[:2])} differs from "
+            raise InputError(f"{slice_path}: size {shape_text(data.shape[:2])} differs from "
                              f"{first.name} ({height}x{width})")
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             raise InputError(f"{slice_path}: contains NaN or infinite values")
@@ -255,10 +256,10 @@ def load_lgg_patient(
             if mask.ndim == 3 and mask.shape[2] == 1:
                 mask = mask[:, :, 0]
             if mask.ndim != 2:
-                raise InputError(f"{mask_path}: shape {_shape_text(mask.shape)}, expected an "
+                raise InputError(f"{mask_path}: shape {shape_text(mask.shape)}, expected an "
                                  "HxW single-channel mask")
             if mask.shape != (height, width):
-                raise InputError(f"{mask_path}: size {_shape_text(mask.shape)} differs from its "
+                raise InputError(f"{mask_path}: size {shape_text(mask.shape)} differs from its "
                                  f"slice {slice_path.name} ({height}x{width})")
             if label is None:
                 label = np.zeros(image.shape[:3], np.uint8)
@@ -273,118 +274,3 @@ def load_lgg_patient(
         "format": LGG_FORMAT,
     }
     return image, label, properties
-
-
-def slice_number(path: str | Path) -> int:
-    """The slice number ``n`` of ``<patient>_<n>.tif``.
-
-    Raises:
-        InputError: the name does not end in ``_<n>.tif``.
-    """
-    match = _SLICE_NUMBER.search(Path(path).name)
-    if match is None:
-        raise InputError(f"{path}: not an LGG slice name (<patient>_<n>.tif)")
-    return int(match.group(1))
-
-
-def prediction_path(out_dir: str | Path, patient_id: str, slice_path: str | Path) -> Path:
-    """``<out_dir>/<patient>_<n>_pred.tif`` for one image slice (``n`` as a plain number)."""
-    return Path(out_dir) / f"{patient_id}_{slice_number(slice_path)}_pred.tif"
-
-
-def save_lgg_predictions(classes: np.ndarray, patient: LggPatient,
-                         out_dir: str | Path) -> list[Path]:
-    """Writes one whole-tumor mask per slice, in the dataset's own mask format.
-
-    Args:
-        classes: ``(H, W, N)`` class indices, ``N`` the patient's slice count.
-        patient: the patient the prediction is for.
-        out_dir: folder for ``<patient>_<n>_pred.tif`` (uint8, 255 where
-            ``classes > 0``, 0 elsewhere); each file is written atomically.
-
-    Returns:
-        The files written, in slice order.
-
-    Raises:
-        ValueError: ``classes`` is not 3D, has another slice count, or another
-            ``H x W`` than a slice (the message names the slice).
-        InputError: a slice of ``patient`` cannot be read.
-        OutputError: the storage refused a write.
-    """
-    classes = np.asarray(classes)
-    if classes.ndim != 3 or classes.shape[2] != len(patient.slices):
-        raise ValueError(f"{patient.patient_id}: prediction shape {_shape_text(classes.shape)}, "
-                         f"expected HxWx{len(patient.slices)} (one plane per slice)")
-    out_dir = Path(out_dir)
-    written = []
-    for k, slice_path in enumerate(patient.slices):
-        shape = _tif_shape(Path(slice_path))[:2]
-        if classes.shape[:2] != shape:
-            raise ValueError(f"{slice_path}: slice is {_shape_text(shape)}, prediction plane is "
-                             f"{_shape_text(classes.shape[:2])}")
-        plane = np.where(classes[:, :, k] > 0, 255, 0).astype(np.uint8)
-        path = prediction_path(out_dir, patient.patient_id, slice_path)
-        with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, plane, photometric="minisblack")
-        written.append(path)
-    return written
-
-
-def write_synthetic_lgg(root: str | Path, patients: int = 3, slices: int = 6, size: int = 64,
-                        seed: int = 0) -> list[Path]:
-    """Writes a small dataset in the Kaggle LGG layout and format, for tests and demos.
-
-    Each slice is an RGB uint8 TIFF: an elliptic "brain" on a black background,
-    with different intensities per channel. On the middle slices a bright blob
-    in the FLAIR channel marks the "tumor", and the slice's mask (uint8, 255
-    on the blob, 0 elsewhere) matches it exactly; the other slices have an
-    all-zero mask. Patients are named ``TCGA_SY_<nnnn>_20000101``.
-
-    Args:
-        root: the dataset folder; created if needed.
-        patients: int, default 3. Number of patient folders.
-        slices: int, default 6. Slices per patient.
-        size: int, default 64. Slice height and width.
-        seed: int, default 0. The same seed writes the same files.
-
-    Returns:
-        The patient folders, sorted.
-
-    Raises:
-        ValueError: ``patients`` or ``slices`` below 1, or ``size`` below 16.
-    """
-    if patients < 1 or slices < 1 or size < 16:
-        raise ValueError(f"need patients >= 1, slices >= 1, size >= 16; got {patients}, "
-                         f"{slices}, {size}")
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    centre = (size - 1) / 2.0
-    brain = ((yy - centre) / (0.42 * size)) ** 2 + ((xx - centre) / (0.36 * size)) ** 2 <= 1.0
-    tumor_slices = range(slices // 3, slices - slices // 3) if slices > 2 else range(slices)
-    folders = []
-    for index in range(patients):
-        patient_id = f"TCGA_SY_{index + 1:04d}_20000101"
-        folder = root / patient_id
-        levels = np.array([120.0, 100.0, 90.0]) + rng.uniform(-10.0, 10.0, 3)
-        cy, cx = centre + rng.uniform(-0.1, 0.1, 2) * size
-        radius = rng.uniform(0.10, 0.16) * size
-        for k in range(slices):
-            rgb = (levels + rng.normal(0.0, 6.0, (size, size, 3))) * brain[:, :, None]
-            mask = np.zeros((size, size), np.uint8)
-            if k in tumor_slices:
-                # the blob shrinks away from the middle tumor slice
-                offset = abs(k - (tumor_slices.start + tumor_slices.stop - 1) / 2.0)
-                r = radius * (1.0 - 0.25 * offset / max(len(tumor_slices), 1))
-                blob = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                rgb[blob, 1] = 220.0 + rng.normal(0.0, 5.0, int(blob.sum()))  # FLAIR
-                rgb[blob, 0] *= 0.8  # a little darker on T1
-                mask[blob] = 255
-            stem = f"{patient_id}_{k + 1}"
-            with atomic_path(folder / f"{stem}.tif") as tmp:
-                tifffile.imwrite(tmp, np.clip(np.rint(rgb), 0, 255).astype(np.uint8),
-                                 photometric="rgb")
-            with atomic_path(folder / f"{stem}_mask.tif") as tmp:
-                tifffile.imwrite(tmp, mask, photometric="minisblack")
-        folders.append(folder)
-    return sorted(folders)

@@ -8,6 +8,7 @@ N4 bias-field correction inside the brain, then z-score).
 from __future__ import annotations
 
 import numpy as np
+import SimpleITK as sitk
 
 NORMALIZATIONS = ("zscore", "percentile", "n4")
 PERCENTILES = (0.5, 99.5)
@@ -87,8 +88,6 @@ def n4_correct(image: np.ndarray, mask: np.ndarray, shrink: int = N4_SHRINK,
     Returns:
         float32 ``(X, Y, Z, C)``, corrected inside the mask, 0 outside.
     """
-    import SimpleITK as sitk  # optional at import time: only this normalisation needs it
-
     image = np.asarray(image, dtype=np.float32)
     out = np.zeros(image.shape, dtype=np.float32)
     if not mask.any():

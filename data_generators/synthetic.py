@@ -79,9 +79,18 @@ def make_synthetic_case(
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 32:
         raise ValueError(f"synthetic shape must be 3 sizes >= 32, got {shape}")
+    g = _grid(shape)
+    # the draws from rng happen in this order: brain, tumor, then intensities
+    brain, tissue = _brain_tissue(shape, g, rng)
+    label = _tumor_label(shape, g, brain, rng)
+    return _render(shape, brain, tissue, label, rng), label
+
+
+def _brain_tissue(shape: tuple[int, ...], g: list[np.ndarray],
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The brain mask and a tissue map: 0 outside, 1 white matter, 2 grey matter, 3 CSF."""
     centre = np.array(shape, dtype=np.float32) / 2 + rng.uniform(-1.5, 1.5, 3)
     radii = np.array(shape, dtype=np.float32) * rng.uniform(0.38, 0.44, 3)
-    g = _grid(shape)
     r = np.sqrt(sum(((g[a] - centre[a]) / radii[a]) ** 2 for a in range(3)))
     r = r * (1.0 + 0.05 * _smooth_noise(shape, rng))  # smooth deformation of the outline
     brain = r < 1.0
@@ -96,8 +105,13 @@ def make_synthetic_case(
     tissue[brain] = 1
     tissue[gm] = 2
     tissue[vent & brain] = 3
+    return brain, tissue
 
-    # tumor: one distance-like function, nested thresholds
+
+def _tumor_label(shape: tuple[int, ...], g: list[np.ndarray], brain: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """BraTS 2017 labels of one tumor inside ``brain``: one distance-like function,
+    nested thresholds (edema 2, enhancing rim 4, necrotic core 1)."""
     scale = min(shape) / 80.0
     r_edema = rng.uniform(12.0, 20.0) * scale
     r_rim = r_edema * rng.uniform(0.55, 0.7)
@@ -118,7 +132,12 @@ def make_synthetic_case(
     label[d < r_rim] = 4
     label[d < r_core] = 1
     label[~brain] = 0
+    return label
 
+
+def _render(shape: tuple[int, ...], brain: np.ndarray, tissue: np.ndarray, label: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
+    """The four modalities' intensities of the tissues and tumor, with bias field and noise."""
     image = np.zeros(shape + (len(MODALITIES),), dtype=np.float32)
     bias = 1.0 + 0.08 * _smooth_noise(shape, rng, cells=3)
     masks = {
@@ -134,7 +153,7 @@ def make_synthetic_case(
         channel = np.clip(channel * _SCALE, 1.0, None)
         channel[~brain] = 0.0
         image[..., c] = channel
-    return image, label
+    return image
 
 
 def _affine(shape: Sequence[int]) -> np.ndarray:

@@ -85,8 +85,8 @@ def test_cases_and_validation_patches_are_shared_out():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """A synthetic dataset and its preprocessed cache, built before any worker starts."""
+    from data_generators.cache import PreprocessedCache
     from data_generators.io import find_cases
-    from data_generators.preprocessing import PreprocessedCache
     from data_generators.synthetic import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("distribute")

@@ -12,10 +12,10 @@ import pytest
 from scipy import ndimage
 
 import unet3d.cli.predict as predict_cli
+from data_generators.cache import PreprocessedCache
 from data_generators.geometry import plan_geometry, resample_labels
 from data_generators.io import find_case
 from data_generators.labels import labels_to_regions
-from data_generators.preprocessing import PreprocessedCache
 from tests.conftest import require_brats
 from unet3d.artifacts import load_artifact, shipped_path
 from unet3d.evaluation.scores import dice

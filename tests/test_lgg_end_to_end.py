@@ -10,7 +10,8 @@ import pytest
 import tifffile
 
 import unet3d.cli.predict as predict_cli
-from data_generators.lgg import find_lgg_patients, write_synthetic_lgg
+from data_generators.lgg import find_lgg_patients
+from data_generators.lgg_synthetic import write_synthetic_lgg
 from unet3d.artifacts.keras_file import load_model
 from unet3d.config import ModelConfig, TrainConfig
 from unet3d.training.run import train

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import unet3d.cli.predict as predict_cli
-from data_generators.io import find_case, load_case
+from data_generators.io import find_case
 from data_generators.labels import classes_to_regions
+from data_generators.nifti import load_case
 from data_generators.preprocessing import preprocess_case
 from tests.conftest import REPO, require_brats
 from unet3d.artifacts import Artifact

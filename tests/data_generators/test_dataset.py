@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 
 from data_generators.augmentation import AugmentationConfig
-from data_generators.dataset import (
-    BratsPatchDataset,
-    EpochSpan,
-    ValidationPatchDataset,
-    split_cases,
-)
+from data_generators.case_split import split_cases
+from data_generators.dataset import BratsPatchDataset, EpochSpan, ValidationPatchDataset
 from data_generators.labels import labels_to_classes
 from data_generators.preprocessing import PreprocessedCase, foreground_coords, preprocess_case
 from data_generators.synthetic import make_synthetic_case

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from dg_helpers import save_nifti
 
-from data_generators.io import CaseFiles, find_case, find_cases, load_case, save_segmentation
+from data_generators.io import CaseFiles, find_case, find_cases
+from data_generators.nifti import load_case, save_segmentation
 from unet3d_base.errors import InputError
 
 

@@ -18,9 +18,9 @@ from data_generators.lgg import (
     is_lgg_patient,
     is_lgg_root,
     load_lgg_patient,
-    save_lgg_predictions,
-    write_synthetic_lgg,
 )
+from data_generators.lgg_predictions import save_lgg_predictions
+from data_generators.lgg_synthetic import write_synthetic_lgg
 from unet3d_base.errors import InputError
 
 PID = "TCGA_AB_1234_19990101"
@@ -349,8 +349,8 @@ def test_hand_built_patient_dataclass_is_accepted(tmp_path):
 
 def test_cache_is_rebuilt_when_other_channels_are_read(tmp_path):
     """The patient's files are the same for any --modalities: the cache must not reuse them."""
+    from data_generators.cache import PreprocessedCache
     from data_generators.layouts import find_any_case
-    from data_generators.preprocessing import PreprocessedCache
 
     folder = write_synthetic_lgg(tmp_path / "lgg", patients=1, slices=6, size=32, seed=1)[0]
     cache = PreprocessedCache(tmp_path / "cache")

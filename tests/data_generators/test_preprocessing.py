@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from dg_helpers import save_nifti
 
-from data_generators.io import find_case, load_case
+from data_generators.cache import PreprocessedCache
+from data_generators.io import find_case
+from data_generators.nifti import load_case
 from data_generators.normalization import clip_percentiles, n4_correct
 from data_generators.preprocessing import (
     MAX_FOREGROUND,
-    PreprocessedCache,
     brain_bbox,
     crop,
     foreground_coords,
@@ -259,7 +260,7 @@ def test_n4_removes_a_smooth_bias_field():
 def test_normalisations_keep_separate_caches(tmp_path, make_case):
     """Each normalisation has its own cache folder and fingerprint; z-score keeps the plain
     folder name (and the fingerprint of earlier versions)."""
-    from data_generators.preprocessing import cache_for
+    from data_generators.cache import cache_for
 
     folder = make_case(shape=(12, 12, 12))
     source = find_case(folder)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from data_generators.io import find_cases, load_case
+from data_generators.io import find_cases
+from data_generators.nifti import load_case
 from data_generators.synthetic import make_synthetic_case, write_synthetic_dataset
 from unet3d_base.errors import InputError
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_generators.io import find_cases, read_volume
+from data_generators.io import find_cases
 from data_generators.labels import check_labels, resolve_convention
+from data_generators.nifti import read_volume
 from unet3d.evaluation.lesionwise import LESION_KEYS, lesionwise_case
 from unet3d.evaluation.scores import SCORE_KEYS, score_case, summarize
 from unet3d_base.errors import InputError

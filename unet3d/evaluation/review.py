@@ -23,8 +23,9 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from data_generators.io import find_case, read_volume
+from data_generators.io import find_case
 from data_generators.labels import CLASS_COLOURS, MODALITIES, labels_to_classes
+from data_generators.nifti import read_volume
 from unet3d.evaluation.flags import case_flags
 from unet3d.evaluation.folder import find_predictions
 from unet3d.evaluation.viewer import install_viewer, viewer_html, write_case_data

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from data_generators.geometry import load_case_for_model
-from data_generators.io import save_segmentation
 from data_generators.labels import (
     REGIONS,
     classes_to_labels,
@@ -21,7 +20,8 @@ from data_generators.labels import (
     resolve_convention,
 )
 from data_generators.layouts import LggCase, find_any_case
-from data_generators.lgg import prediction_path, save_lgg_predictions
+from data_generators.lgg_predictions import prediction_path, save_lgg_predictions
+from data_generators.nifti import save_segmentation
 from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
 from unet3d.evaluation.flags import uncertain_fraction

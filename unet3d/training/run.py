@@ -24,15 +24,11 @@ from typing import Any
 import keras
 
 from data_generators.augmentation import AugmentationConfig
-from data_generators.dataset import (
-    BratsPatchDataset,
-    EpochSpan,
-    ValidationPatchDataset,
-    split_cases,
-)
+from data_generators.cache import cache_for, default_cache_root
+from data_generators.case_split import split_cases
+from data_generators.dataset import BratsPatchDataset, EpochSpan, ValidationPatchDataset
 from data_generators.io import check_data_folder
 from data_generators.layouts import LggCase, find_any_cases
-from data_generators.preprocessing import cache_for, default_cache_root
 from data_generators.synthetic import cached_synthetic_dataset
 from unet3d.artifacts.keras_file import load_model
 from unet3d.config import TrainConfig
