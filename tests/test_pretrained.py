@@ -14,10 +14,10 @@ import unet3d.cli.predict as predict_cli
 import unet3d.cli.train as train_cli
 from tests.conftest import require_brats
 from unet3d.artifacts.keras_file import read_model_config
+from unet3d.artifacts.plan_file import read_plan
 from unet3d.artifacts.shipped import DEFAULT_NAME, REPO_MODELS
 from unet3d.config import TrainConfig
 from unet3d.inference import Predictor
-from unet3d.postprocessing import read_plan
 from unet3d.training.finetune import encoder_layers
 
 pytestmark = pytest.mark.slow  # converts, trains or runs real cases: not in make test-fast

@@ -2,9 +2,9 @@
 
 As nnU-Net does, the post-processing a model is used with is decided on its
 validation cases and travels with the model file, so the same file gives the
-same result wherever it is copied: inside a ``.keras`` zip as
-``unet3d_postprocessing.json``, and in a ``.tflite``'s ``.tflite.json``
-report under ``"postprocessing"``.
+same result wherever it is copied (:mod:`unet3d.artifacts.plan_file` stores it:
+inside a ``.keras`` zip as ``unet3d_postprocessing.json``, and in a
+``.tflite``'s ``.tflite.json`` report under ``"postprocessing"``).
 
 Steps, in this order:
 
@@ -31,21 +31,22 @@ exports named with ``--also``).
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from data_generators.labels import CLASSES, REGIONS, classes_to_regions
+from unet3d.components import (
+    keep_largest_component,
+    keep_largest_of,
+    remove_distant_components,
+    remove_small_components,
+    remove_small_of,
+)
 from unet3d.evaluation.scores import region_dice
 from unet3d_base.errors import InputError
-from unet3d_base.fileio import atomic_path, atomic_write_text
 
-ENTRY = "unet3d_postprocessing.json"
 ET_THRESHOLDS = (0, 200, 500, 1000)
 MIN_COMPONENT_SIZES = (1000, 5000, 20000)
 MAX_DISTANCES_MM = (40.0, 20.0, 10.0)  # mildest first, as the sizes: ties keep the mildest
@@ -167,143 +168,6 @@ def suppress_small_enhancing(classes: np.ndarray, min_voxels: int) -> tuple[np.n
         classes[enhancing] = CLASSES.index("necrosis")
         return classes, True
     return classes, False
-
-
-def tumor_components(classes: np.ndarray) -> tuple[np.ndarray, int]:
-    """The 26-connected whole-tumor components: a label map and their count."""
-    return ndimage.label(classes > 0, structure=np.ones((3, 3, 3), bool))
-
-
-def largest_label(components: np.ndarray) -> int:
-    """The label of the largest component of an ``ndimage.label`` map (the first on a tie)."""
-    return 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
-
-
-def keep_largest_component(classes: np.ndarray) -> tuple[np.ndarray, int]:
-    """Zeroes every tumor voxel outside the largest 26-connected whole-tumor component.
-
-    Returns:
-        The class map and the number of components removed.
-    """
-    components, count = tumor_components(classes)
-    if count <= 1:
-        return classes, 0
-    largest = largest_label(components)
-    return np.where(components == largest, classes, 0).astype(classes.dtype), count - 1
-
-
-def remove_small_components(classes: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:
-    """Zeroes every 26-connected tumor component of fewer than ``min_voxels`` voxels.
-
-    Returns:
-        The class map and the number of components removed.
-    """
-    components, count = tumor_components(classes)
-    if count == 0:
-        return classes, 0
-    sizes = np.bincount(components.ravel())
-    small = np.flatnonzero(sizes < min_voxels)
-    small = small[small > 0]
-    if small.size == 0:
-        return classes, 0
-    return np.where(np.isin(components, small), 0, classes).astype(classes.dtype), int(small.size)
-
-
-def remove_distant_components(classes: np.ndarray, max_distance: float
-                              ) -> tuple[np.ndarray, int]:
-    """Zeroes every tumor component whose nearest voxel lies farther than ``max_distance``
-    voxels (Euclidean) from the largest component.
-
-    Returns:
-        The class map and the number of components removed.
-    """
-    components, count = tumor_components(classes)
-    if count <= 1:
-        return classes, 0
-    largest = largest_label(components)
-    distance = ndimage.distance_transform_edt(components != largest)
-    others = [i for i in range(1, count + 1) if i != largest]
-    nearest = np.asarray(ndimage.minimum(distance, components, index=others))
-    far = [i for i, d in zip(others, nearest, strict=True) if d > max_distance]
-    if not far:
-        return classes, 0
-    return np.where(np.isin(components, far), 0, classes).astype(classes.dtype), len(far)
-
-
-def keep_largest_of(classes: np.ndarray, members: tuple[int, ...], demote_to: int
-                    ) -> np.ndarray:
-    """Keeps the largest 26-connected component of the region made of the ``members``
-    classes; that region's voxels elsewhere become class ``demote_to``."""
-    region = np.isin(classes, members)
-    components, count = ndimage.label(region, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return classes
-    largest = largest_label(components)
-    out = classes.copy()
-    out[region & (components != largest)] = demote_to
-    return out
-
-
-def remove_small_of(classes: np.ndarray, members: tuple[int, ...], demote_to: int,
-                    min_voxels: int) -> np.ndarray:
-    """The 26-connected components of the region made of the ``members`` classes that hold
-    fewer than ``min_voxels`` voxels become class ``demote_to``; the largest component
-    stays whatever its size (a small region is not erased, only its specks)."""
-    region = np.isin(classes, members)
-    components, count = ndimage.label(region, structure=np.ones((3, 3, 3), bool))
-    if count <= 1:
-        return classes
-    sizes = np.bincount(components.ravel())
-    small = np.flatnonzero(sizes < min_voxels)
-    small = small[(small > 0) & (small != largest_label(components))]
-    if small.size == 0:
-        return classes
-    out = classes.copy()
-    out[np.isin(components, small)] = demote_to
-    return out
-
-
-def read_plan(model_path: str | Path) -> PostProcessing | None:
-    """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
-    path = Path(model_path)
-    if path.suffix.lower() == ".tflite":
-        from unet3d.artifacts.litert_file import report_path  # artifacts imports this module
-
-        report = report_path(path)
-        if not report.is_file():
-            return None
-        try:
-            values = json.loads(report.read_text()).get("postprocessing")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-        return PostProcessing.from_dict(values, str(report)) if values else None
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if ENTRY not in archive.namelist():
-                return None
-            values = json.loads(archive.read(ENTRY))
-    except (zipfile.BadZipFile, OSError, json.JSONDecodeError):
-        return None
-    return PostProcessing.from_dict(values, f"{path} [{ENTRY}]")
-
-
-def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
-    """Stores ``plan`` with the model, replacing any earlier one, atomically."""
-    path = Path(model_path)
-    if path.suffix.lower() == ".tflite":
-        from unet3d.artifacts.litert_file import report_path  # artifacts imports this module
-
-        report = report_path(path)
-        values = json.loads(report.read_text()) if report.is_file() else {}
-        values["postprocessing"] = plan.to_dict()
-        atomic_write_text(report, json.dumps(values, indent=2) + "\n")
-        return
-    with zipfile.ZipFile(path) as source, atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as target:
-            for item in source.infolist():
-                if item.filename != ENTRY:
-                    target.writestr(item, source.read(item.filename))
-            target.writestr(ENTRY, json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def candidates() -> list[PostProcessing]:

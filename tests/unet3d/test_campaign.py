@@ -3,17 +3,27 @@ whole tiny campaign (study, then folds extended until their cap) run through tra
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
+import h5py
+import keras
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from data_generators.synthetic import write_synthetic_dataset
 from tests.conftest import REPO
+from unet3d.artifacts.keras_file import read_model_config
+from unet3d.artifacts.plan_file import read_plan
 from unet3d.cli import campaign as cli
+from unet3d.config import TrainConfig
+from unet3d.postprocessing import PostProcessing
 from unet3d.training import campaign as cp
+from unet3d.training.hparams import flat_hparams
 
 CAMPAIGN = REPO / "campaigns" / "brats_cv5" / "campaign.json"
 
@@ -40,8 +50,6 @@ def test_committed_fold_models_agree_with_split_and_status(brats_dir):
     campaign = cp.load_campaign(CAMPAIGN, data=brats_dir)
     split = cp.read_split(campaign)
     status = json.loads((CAMPAIGN.parent / "status.json").read_text())
-    from unet3d.artifacts.keras_file import read_model_config
-
     planned = {r["name"] for stage in ("study",) for r in cp.planned_runs(campaign, stage)}
     if campaign["recipe"]:
         planned |= {r["name"] for stage in ("folds", "final")
@@ -77,11 +85,6 @@ def test_committed_fold_models_agree_with_split_and_status(brats_dir):
 
 def weight_groups(path: Path) -> list[str]:
     """Top-level groups of a ``.keras`` file's weights (``optimizer`` when it holds its state)."""
-    import io
-    import zipfile
-
-    import h5py
-
     with zipfile.ZipFile(path) as archive:
         return sorted(h5py.File(io.BytesIO(archive.read("model.weights.h5"))).keys())
 
@@ -171,10 +174,6 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
         study["a"]["mean"]["mean"] / study["a"]["cpu_hours_per_fold"], rel=1e-3)
 
     split = json.loads((folder / "splits_final.json").read_text())
-    import keras
-
-    from unet3d.artifacts.keras_file import read_model_config
-
     for k in (0, 1):
         published = runs / "published" / f"fold_{k}.keras"
         model = keras.saving.load_model(published, safe_mode=True, compile=False)
@@ -197,8 +196,6 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     assert cli.main(["oof", file, "--runs", str(runs)]) == 0
     oof = json.loads((runs / "oof.json").read_text())
     assert sorted(oof["cases"]) == sorted(c for f in split for c in f["val"])
-    from unet3d.postprocessing import PostProcessing, read_plan
-
     plan = PostProcessing(**oof["plan_values"])
     for case_id, row in oof["cases"].items():
         assert case_id in split[row["fold"]]["val"]
@@ -236,8 +233,6 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
         assert rerun["validation_cases"] == split[k]["val"] == trained["validation_cases"]
         assert rerun["loss"] == trained["loss"] == "dice"
     assert json.loads((folder / "configs" / "all.json").read_text())["validation_cases"] == []
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-
     for arm in ("a", "b"):  # the study's HParams trials, one per arm and fold
         events = list((folder / "study" / f"{arm}_fold0").glob("events.out.tfevents.*"))
         assert len(events) == 1
@@ -288,9 +283,6 @@ def test_folds_stage_without_recipe_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_recipe_fields_are_checked_and_recorded():
-    from unet3d.config import TrainConfig
-    from unet3d.training.hparams import flat_hparams
-
     config = TrainConfig(normalization="n4", batch_dice=True, augment_strength=2.0)
     again = TrainConfig.from_dict(config.to_dict())
     assert again == config

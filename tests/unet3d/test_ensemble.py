@@ -10,9 +10,10 @@ import pytest
 from data_generators.synthetic import write_synthetic_dataset
 from unet3d.artifacts import load_artifact
 from unet3d.artifacts.keras_file import save_model
+from unet3d.artifacts.plan_file import write_plan
 from unet3d.config import ModelConfig, TrainConfig
 from unet3d.models.unet import build_unet3d
-from unet3d.postprocessing import PostProcessing, write_plan
+from unet3d.postprocessing import PostProcessing
 from unet3d_base.errors import InputError
 
 CONFIG = TrainConfig(model=ModelConfig(base_filters=4, depth=3, dropout=0.0),

@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import BRATS_DIR, require_brats
 from unet3d.cli.evaluate import main, parse_args
+from unet3d.evaluation.case_scores import SCORE_KEYS
 from unet3d.evaluation.folder import evaluate_folder
-from unet3d.evaluation.scores import HD95_EMPTY, SCORE_KEYS
+from unet3d.evaluation.scores import HD95_EMPTY
 
 # brats2017 labels along z of a (1, 1, 10) volume, voxel size 1 x 1 x 2 mm:
 #   truth 4 4 1 1 2 2 0 0 0 0   WT z0..5, TC z0..3, ET z0..1

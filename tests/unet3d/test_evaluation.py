@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 
 from tests.conftest import BRATS_DIR, require_brats
+from unet3d.evaluation.case_scores import SCORE_KEYS, score_case, summarize
 from unet3d.evaluation.scores import (
     HD95_EMPTY,
-    SCORE_KEYS,
     dice,
     hd95,
     iou,
     region_dice,
-    score_case,
     sensitivity,
     specificity,
-    summarize,
     surface_distances,
 )
 

@@ -1,11 +1,17 @@
-"""Post-processing of class maps: the largest tumor component, the small-ET rule."""
+"""Post-processing of class maps: the component rules, the small-ET rule, choosing a plan."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from unet3d.postprocessing import keep_largest_component, suppress_small_enhancing
+from unet3d.components import (
+    keep_largest_component,
+    remove_distant_components,
+    remove_small_components,
+)
+from unet3d.inference.pipeline import PredictSettings, resolve_plan
+from unet3d.postprocessing import PostProcessing, choose, suppress_small_enhancing
 
 
 def test_largest_component_keeps_the_biggest_blob_with_its_classes():
@@ -43,43 +49,7 @@ def test_small_enhancing_tumor_becomes_necrosis():
     assert not changed and np.array_equal(kept, classes)
 
 
-def test_plan_travels_inside_the_keras_file_and_beside_a_tflite(tmp_path):
-    import json
-    import zipfile
-
-    from unet3d.postprocessing import PostProcessing, read_plan, write_plan
-
-    keras_file = tmp_path / "m.keras"
-    with zipfile.ZipFile(keras_file, "w") as archive:
-        archive.writestr("config.json", "{}")
-        archive.writestr("model.weights.h5", b"\x00" * 10)
-    assert read_plan(keras_file) is None
-    plan = PostProcessing(largest_component=True, et_min_voxels=200, chosen_on=["a", "b"])
-    write_plan(keras_file, plan)
-    write_plan(keras_file, plan)  # replaced, not duplicated
-    with zipfile.ZipFile(keras_file) as archive:
-        names = archive.namelist()
-        assert archive.read("model.weights.h5") == b"\x00" * 10
-    assert sorted(names) == ["config.json", "model.weights.h5", "unet3d_postprocessing.json"]
-    assert read_plan(keras_file) == plan
-    # a copy elsewhere carries it: nothing depends on the folder
-    copy = tmp_path / "elsewhere" / "copy.keras"
-    copy.parent.mkdir()
-    copy.write_bytes(keras_file.read_bytes())
-    assert read_plan(copy) == plan
-
-    tflite = tmp_path / "m.tflite"
-    tflite.write_bytes(b"TFL3")
-    (tmp_path / "m.tflite.json").write_text(json.dumps({"precision": "int8"}))
-    write_plan(tflite, plan)
-    assert read_plan(tflite) == plan
-    assert json.loads((tmp_path / "m.tflite.json").read_text())["precision"] == "int8"
-
-
 def test_options_override_the_stored_plan():
-    from unet3d.inference.pipeline import PredictSettings, resolve_plan
-    from unet3d.postprocessing import PostProcessing
-
     stored = PostProcessing(largest_component=True, et_min_voxels=200)
     assert resolve_plan(stored, PredictSettings()) == (stored, "model")
     assert resolve_plan(None, PredictSettings()) == (PostProcessing(), "default")
@@ -90,8 +60,6 @@ def test_options_override_the_stored_plan():
 
 
 def test_choose_prefers_what_helps_on_validation():
-    from unet3d.postprocessing import choose
-
     truth = np.zeros((20, 20, 20), np.uint8)
     truth[4:10, 4:10, 4:10] = 2
     truth[6:8, 6:8, 6:8] = 3  # 8 ET voxels: the small-ET rule would destroy a correct ET
@@ -111,8 +79,6 @@ def test_choose_prefers_what_helps_on_validation():
 
 
 def test_small_components_are_dropped_and_large_ones_kept():
-    from unet3d.postprocessing import PostProcessing, remove_small_components
-
     classes = np.zeros((30, 30, 30), np.uint8)
     classes[2:12, 2:12, 2:12] = 2      # 1000 voxels of edema
     classes[20:25, 20:25, 20:25] = 3   # 125 voxels: a separate core, kept at min 100
@@ -127,8 +93,6 @@ def test_small_components_are_dropped_and_large_ones_kept():
 
 
 def test_distant_components_are_dropped_near_ones_kept():
-    from unet3d.postprocessing import PostProcessing, remove_distant_components
-
     classes = np.zeros((60, 20, 20), np.uint8)
     classes[0:10, 0:10, 0:10] = 2      # the largest component, x 0..9
     classes[14:16, 0:2, 0:2] = 1       # nearest voxel x 14: 5 voxels away
@@ -147,8 +111,6 @@ def test_distant_components_are_dropped_near_ones_kept():
 
 
 def test_largest_core_and_enhancing_components():
-    from unet3d.postprocessing import PostProcessing
-
     classes = np.zeros((30, 30, 30), np.uint8)
     classes[2:20, 2:20, 2:20] = 2         # edema around everything
     classes[4:10, 4:10, 4:10] = 1         # core A: 216 voxels of necrosis ...
@@ -167,8 +129,6 @@ def test_choose_takes_a_step_only_where_it_helps():
     """Two cases: a spurious second core in one and a correct second core in the other, the
     spurious one twice as large: dropping it (TC largest) helps case 1 more than it costs
     case 2, so the step is taken; the distance rules change nothing and are not."""
-    from unet3d.postprocessing import choose
-
     truth1 = np.zeros((30, 30, 30), np.uint8)
     truth1[2:20, 2:20, 2:20] = 2
     truth1[4:10, 4:10, 4:10] = 1
@@ -199,8 +159,6 @@ def test_choose_takes_a_step_only_where_it_helps():
 def test_small_core_and_enhancing_specks_are_demoted():
     """Specks of core become edema and specks of enhancing tumor necrosis; components at or
     above the size stay, and the whole tumor keeps every voxel."""
-    from unet3d.postprocessing import PostProcessing
-
     classes = np.zeros((30, 30, 30), np.uint8)
     classes[2:22, 2:22, 2:22] = 2
     classes[4:10, 4:10, 4:10] = 1         # core: 216 voxels

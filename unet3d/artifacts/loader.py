@@ -2,8 +2,8 @@
 
 An artifact is the network's weights, the ``TrainConfig`` it was trained
 with (modalities and their order, label convention, window) and the
-post-processing chosen for it on validation cases
-(:mod:`unet3d.postprocessing`). A ``.keras`` file embeds the config
+post-processing chosen for it on validation cases (:mod:`unet3d.postprocessing`;
+:mod:`unet3d.artifacts.plan_file` stores it). A ``.keras`` file embeds the config
 (:mod:`unet3d.artifacts.keras_file`); a ``.tflite`` file keeps it in
 ``<file>.json`` beside it (:mod:`unet3d.artifacts.litert_file`).
 
@@ -20,10 +20,11 @@ from typing import Any
 
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, report_path
+from unet3d.artifacts.plan_file import read_plan
 from unet3d.config import TrainConfig
 from unet3d.models.forward import keras_predict_fn
 from unet3d.models.unet import build_unet3d
-from unet3d.postprocessing import PostProcessing, read_plan
+from unet3d.postprocessing import PostProcessing
 from unet3d.precision import dtype_policy, policy_scope
 from unet3d_base.errors import InputError
 

@@ -6,7 +6,7 @@ card: ``<name>.keras`` (the config embedded), ``<name>_int8.tflite`` and
 ``<name>_fp16.tflite`` (each with its ``.tflite.json``) and
 ``<name>.config.json``, the training config that reproduces it, and
 ``<name>.split.json``. The post-processing chosen on its validation cases is
-stored inside the files themselves (:mod:`unet3d.postprocessing`).
+stored inside the files themselves (:mod:`unet3d.artifacts.plan_file`).
 ``brats18_unet3d_b8`` (the first shipped model, 80^3 patches) stays beside it:
 the current model was fine-tuned from it.
 """

@@ -18,16 +18,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_generators.labels import MODALITIES
+from data_generators.layouts import find_any_cases
+from unet3d.artifacts import write_plan
+from unet3d.postprocessing import PostProcessing
 from unet3d.training.campaign import (
     REGIONS,
     Campaign,
-    copy_atomic,
     load_campaign,
     make_split,
     planned_runs,
     read_curve,
     read_json,
     read_split,
+)
+from unet3d.training.campaign_results import copy_atomic
+from unet3d.training.oof import (
+    out_of_fold_report,
+    plot_curves,
+    predict_out_of_fold,
+    write_report,
 )
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_write_text
@@ -55,9 +65,6 @@ def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:
 def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str, Any]:
     """Out-of-fold segmentations of every case by the published fold models, the
     post-processing chosen on them (stored into each fold model) and ``oof.json``."""
-    from unet3d.postprocessing import PostProcessing, write_plan
-    from unet3d.training.oof import out_of_fold_report, predict_out_of_fold, write_report
-
     split = read_split(campaign)
     models = {k: runs_dir / "published" / f"fold_{k}.keras" for k in range(len(split))}
     missing = [k for k, path in models.items() if not path.is_file()]
@@ -81,8 +88,6 @@ def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str
 
 def plot(campaign: dict[str, Any], runs_dir: Path) -> Path:
     """``curves.png``: each fold's validation Dice per region against training steps."""
-    from unet3d.training.oof import plot_curves
-
     curves, steps = {}, {}
     status = read_json(runs_dir / "status.json", {}) or {}
     for run in planned_runs(campaign, "folds"):
@@ -233,9 +238,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         campaign = load_campaign(args.campaign, args.data)
         if args.command == "split":
-            from data_generators.labels import MODALITIES
-            from data_generators.layouts import find_any_cases
-
             if campaign["_split"].exists():
                 raise InputError(f"{campaign['_split']}: exists; a campaign keeps its split")
             ids = [c.case_id for c in find_any_cases(campaign["_data"], MODALITIES,

@@ -13,11 +13,11 @@ from pathlib import Path
 from data_generators.geometry import load_case_for_model
 from data_generators.io import find_case
 from data_generators.preprocessing import preprocess_case
-from unet3d.artifacts import load_artifact
+from unet3d.artifacts import load_artifact, write_plan
 from unet3d.env import prepare_backend
 from unet3d.inference.pipeline import probabilities_to_classes
 from unet3d.inference.predictor import WindowPredictor
-from unet3d.postprocessing import PostProcessing, choose, write_plan
+from unet3d.postprocessing import PostProcessing, choose
 from unet3d.precision import resolve_precision
 from unet3d_base.errors import InputError
 

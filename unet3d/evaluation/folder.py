@@ -27,8 +27,8 @@ import numpy as np
 from data_generators.io import find_cases
 from data_generators.labels import check_labels, resolve_convention
 from data_generators.nifti import read_volume
+from unet3d.evaluation.case_scores import SCORE_KEYS, score_case, summarize
 from unet3d.evaluation.lesionwise import LESION_KEYS, lesionwise_case
-from unet3d.evaluation.scores import SCORE_KEYS, score_case, summarize
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_path
 
@@ -195,7 +195,7 @@ def evaluate_folder(
 
     Returns:
         The per-case rows (``{"case": id, "Dice_WT": ..., ...}``, sorted by
-        case id) and their :func:`~unet3d.evaluation.scores.summarize` summary.
+        case id) and their :func:`~unet3d.evaluation.case_scores.summarize` summary.
 
     Raises:
         InputError: naming the file or option: unknown convention, missing
@@ -254,7 +254,7 @@ def format_summary(summary: dict[str, dict[str, float]], n_cases: int | None = N
     """The summary as a text table: one row per metric and region; mean, std, median.
 
     Args:
-        summary: from :func:`~unet3d.evaluation.scores.summarize`.
+        summary: from :func:`~unet3d.evaluation.case_scores.summarize`.
         n_cases: the number of cases, shown in the heading when given.
 
     Returns:

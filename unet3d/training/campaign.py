@@ -65,6 +65,12 @@ from unet3d.training.campaign_plan import (  # noqa: F401  (the campaign's API, 
     read_json,
     read_split,
 )
+from unet3d.training.campaign_results import (
+    copy_atomic,
+    publish_weights,
+    run_results,
+    study_table,
+)
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_write_text
 
@@ -170,16 +176,7 @@ class Campaign:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         entry["cpu_hours"] = round(entry["cpu_hours"] + cpu / 3600, 4)
         entry["wall_hours"] = round(entry["wall_hours"] + (time.time() - start) / 3600, 4)
-        curve = read_curve(run_dir)
-        entry["epochs_done"] = len(curve["epoch"])
-        if curve["mean"]:
-            best = int(np.argmax(curve["mean"]))
-            entry["best_epoch"] = best + 1
-            entry["best_val_patch_dice"] = round(curve["mean"][best], 4)
-        validation = read_json(run_dir / "validation.json")
-        if validation:
-            entry["val_dice"] = {r: round(float(np.mean([c[r] for c in validation.values()])), 4)
-                                 for r in REGIONS}
+        entry.update(run_results(run_dir))
         entry["state"] = "trained" if code == 0 else f"stopped (exit {code})"
         self.save_status()
         return code
@@ -288,53 +285,7 @@ class Campaign:
         """``study.json``: per arm, whole-volume validation Dice per fold, mean, spread,
         CPU-hours (in all and per fold run) and mean Dice per CPU-hour of one fold run;
         written from the finished study runs."""
-        table: dict[str, Any] = {}
-        for run in planned_runs(self.campaign, "study"):
-            entry = self.status["runs"].get(run["name"], {})
-            if entry.get("state") != "done" or "val_dice" not in entry:
-                continue
-            arm = table.setdefault(run["arm"], {"overrides": self.campaign["study"]["arms"][
-                run["arm"]], "folds": {}})
-            arm["folds"][str(run["fold"])] = {**entry["val_dice"],
-                                              "cpu_hours": entry["cpu_hours"]}
-        for arm in table.values():
-            folds = list(arm["folds"].values())
-            per_fold_mean = [float(np.mean([f[r] for r in REGIONS])) for f in folds]
-            arm["mean"] = {r: round(float(np.mean([f[r] for f in folds])), 4) for r in REGIONS}
-            arm["mean"]["mean"] = round(float(np.mean(per_fold_mean)), 4)
-            arm["spread"] = round(float(np.ptp(per_fold_mean)), 4) if len(folds) > 1 else None
-            arm["cpu_hours"] = round(float(np.sum([f["cpu_hours"] for f in folds])), 3)
-            # per fold run, so that arms with fewer folds done so far compare fairly
-            arm["cpu_hours_per_fold"] = round(arm["cpu_hours"] / len(folds), 3)
-            arm["dice_per_cpu_hour"] = round(arm["mean"]["mean"] / max(
-                arm["cpu_hours_per_fold"], 1e-9),
-                                             3)
+        table = study_table(self.campaign, self.status["runs"])
         atomic_write_text(self.runs_dir / "study.json", json.dumps(table, indent=2) + "\n")
         return table
 
-
-def copy_atomic(source: Path, target: Path) -> Path:
-    """Copies a file under a temporary name beside ``target``, then renames it: an
-    interrupted copy never leaves a truncated ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.copy.tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-    return target
-
-
-def publish_weights(source: Path, target: Path) -> Path:
-    """Saves ``source`` (a checkpoint) as a model without optimizer state, with its config
-    (less the machine's own paths: data, run and cache folders)."""
-    from unet3d.artifacts.keras_file import load_model, read_model_config, save_model
-    from unet3d.config import TrainConfig
-    from unet3d.models.unet import build_unet3d
-
-    values = read_model_config(source)
-    config = TrainConfig.from_dict(values, source=str(source)).replace(
-        data=None, cache_dir=None, out=target.stem)
-    trained = load_model(source)
-    model = build_unet3d(config.model, name=trained.name)
-    model.set_weights(trained.get_weights())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return save_model(model, target, config.to_dict())

@@ -7,13 +7,26 @@ it, post-processing chosen on all of them, scores per fold, and the folds' curve
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
+from data_generators.geometry import load_case_for_model
+from data_generators.io import find_case
 from data_generators.labels import classes_to_regions
-from unet3d_base.fileio import atomic_write_text
+from data_generators.preprocessing import preprocess_case
+from unet3d.artifacts import load_artifact
+from unet3d.evaluation.scores import dice, hd95
+from unet3d.inference.pipeline import probabilities_to_classes
+from unet3d.inference.predictor import WindowPredictor
+from unet3d.postprocessing import PostProcessing, choose
+from unet3d.precision import resolve_precision
+from unet3d_base.fileio import atomic_path, atomic_write_text
 
 REGIONS = ("WT", "TC", "ET")
 
@@ -28,14 +41,6 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
     Returns:
         ``{case_id: {"classes", "truth", "fold"}}``.
     """
-    from data_generators.geometry import load_case_for_model
-    from data_generators.io import find_case
-    from data_generators.preprocessing import preprocess_case
-    from unet3d.artifacts import load_artifact
-    from unet3d.inference.pipeline import probabilities_to_classes
-    from unet3d.inference.predictor import WindowPredictor
-    from unet3d.precision import resolve_precision
-
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     for k, fold in enumerate(split):
@@ -73,9 +78,6 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
 def model_stamp(path: Path) -> str:
     """Which model file made a prediction: its name, size and CRC-32 (the post-processing
     plan stored later does not count: only the network's weights do)."""
-    import zipfile
-    import zlib
-
     with zipfile.ZipFile(path) as archive:
         weights = archive.read("model.weights.h5")
     return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
@@ -83,8 +85,6 @@ def model_stamp(path: Path) -> str:
 
 def score_regions(classes: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Dice and HD95 (mm, the 1 mm grid) per region of one class map."""
-    from unet3d.evaluation.scores import dice, hd95
-
     pred, true = classes_to_regions(classes).astype(bool), classes_to_regions(truth).astype(bool)
     scores = {}
     for c, region in enumerate(REGIONS):
@@ -110,8 +110,6 @@ def summary(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
 def out_of_fold_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Chooses post-processing on every out-of-fold case and scores before and after it,
     per case, per fold and over all cases."""
-    from unet3d.postprocessing import PostProcessing, choose
-
     class_maps = {c: r["classes"] for c, r in results.items()}
     truths = {c: r["truth"] for c, r in results.items()}
     plan, table = choose(class_maps, truths)
@@ -148,13 +146,7 @@ def plot_curves(curves: dict[str, dict[str, list[float]]], steps_per_epoch: dict
         path: the PNG to write (atomically).
         flat_fraction: the last share of each curve that the flat-curve rule reads (shaded).
     """
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from unet3d_base.fileio import atomic_path
-
     names = sorted(curves)
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.2 * max(1, len(names)), 3.0),
                              sharey=True, squeeze=False)
