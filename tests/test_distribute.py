@@ -22,12 +22,12 @@ from tests.conftest import REPO
 from unet3d.config import TrainConfig
 from unet3d.training.distribute import (
     Distribution,
-    _validation_slices,
     check_batch_size,
     is_chief,
     read_tf_config,
     worker_cases,
 )
+from unet3d.training.distribute_data import _validation_slices
 from unet3d_base.errors import InputError
 
 SCRIPT = REPO / "tests" / "distribute_worker.py"

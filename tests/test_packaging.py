@@ -20,7 +20,7 @@ LAYERS = [
     {"unet3d_base"},
     {"data_generators"},
     {"unet3d", "unet3d.config", "unet3d.env", "unet3d.keras_compat", "unet3d.precision",
-     "unet3d.memory", "unet3d.evaluation"},
+     "unet3d.memory", "unet3d.evaluation", "unet3d.components"},
     {"unet3d.models"},
     {"unet3d.artifacts", "unet3d.postprocessing"},
     {"unet3d.inference"},
@@ -71,10 +71,46 @@ def test_imports_go_down_the_layers_only():
     assert not data_layer
 
 
-def test_no_module_over_400_lines():
+def test_no_module_over_300_lines():
     sizes = {m: len(p.read_text().splitlines()) for m, p in _modules()}
     assert len(sizes) > 30
-    assert {m: n for m, n in sizes.items() if n > 400} == {}
+    assert {m: n for m, n in sizes.items() if n > 300} == {}
+
+
+def _functions():
+    for module, path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield module, node
+
+
+def test_no_function_over_50_statements():
+    sizes = {f"{m}.{f.name}": sum(isinstance(n, ast.stmt) for n in ast.walk(f)) - 1
+             for m, f in _functions()}
+    assert len(sizes) > 300
+    assert {name: n for name, n in sizes.items() if n > 50} == {}
+
+
+# what a function may import when it runs: a backend that is there or not (a Keras backend,
+# LiteRT), and the TensorFlow-only export, which must not load TensorFlow for other backends
+OPTIONAL_IMPORTS = ("tensorflow", "jax", "torch", "ai_edge_litert", "unet3d.export")
+
+
+def test_function_level_imports_are_optional_backends_only():
+    late = []
+    for module, function in _functions():
+        for node in ast.walk(function):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            late += [f"{module}.{function.name} imports {name}" for name in names
+                     if name.split(".")[0] not in OPTIONAL_IMPORTS
+                     and not any(name.startswith(o + ".") or name == o
+                                 for o in OPTIONAL_IMPORTS)]
+    assert late == []
 
 
 def test_importing_changes_no_environment_or_file_descriptor():
@@ -86,7 +122,8 @@ def fds():
 def changed(env):
     return sorted(set(os.environ.items()) ^ set(env.items()))
 env, before_fds = dict(os.environ), fds()
-import unet3d_base, data_generators, unet3d, unet3d.cli, unet3d.config, unet3d.env, unet3d.evaluation
+import unet3d_base, data_generators, unet3d, unet3d.cli, unet3d.config, unet3d.env
+import unet3d.evaluation
 light = changed(env)
 import tensorflow, keras
 env = dict(os.environ)
@@ -100,6 +137,17 @@ print(json.dumps({"env": light + changed(env), "fds": fds() == before_fds,
     assert done.returncode == 0, done.stderr[-2000:]
     result = __import__("json").loads(done.stdout.splitlines()[-1])
     assert result == {"env": [], "fds": True, "tensorflow_first": True}
+
+
+@pytest.mark.parametrize("tool", ["predict", "train"])
+def test_python_dash_m_sets_the_backend_before_keras_loads(tool):
+    # TensorFlow's start-up chatter is silenced only when the defaults come first
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TF_")}
+    done = subprocess.run([sys.executable, "-m", f"unet3d.cli.{tool}", "--help"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--out" in done.stdout
+    assert done.stderr == ""
 
 
 def test_pyproject_pins_equal_requirements():

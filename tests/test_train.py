@@ -14,7 +14,7 @@ import pytest
 import unet3d.cli.train as train_cli
 from data_generators.synthetic import write_synthetic_dataset
 from tests.conftest import REPO
-from unet3d.config import ModelConfig, TrainConfig
+from unet3d.config import ConfigError, ModelConfig, TrainConfig
 from unet3d.training.run import train
 
 TINY = dict(
@@ -237,6 +237,29 @@ def test_bad_options_are_one_line_errors(argv, expected, tmp_path, capsys):
     assert code == 2
     assert err.startswith("train.py: error: ") and expected in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_config_file_errors_name_fields_and_options_name_flags(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: 0\n")
+    code, err = run_cli(["--config", str(config), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err == "train.py: error: --epochs must be a positive integer, got 0\n"
+    with pytest.raises(ConfigError, match=r"^epochs must be a positive integer, got 0$"):
+        TrainConfig(epochs=0)  # the library names the field itself
+    config.write_text("batch_dice: true\nval_patches_per_case: 0\n")  # no flag for it
+    code, err = run_cli(["--config", str(config), "--out", str(tmp_path / "run")], capsys)
+    assert err == "train.py: error: val_patches_per_case must be a positive integer, got 0\n"
+
+
+def test_older_configs_precision_field_is_read(tmp_path):
+    assert TrainConfig.from_dict({"mixed_precision": "off"}).precision == "fp32"
+    assert TrainConfig.from_dict({"mixed_precision": "bf16"}).precision == "bf16"
+    assert TrainConfig().replace(mixed_precision="fp16").precision == "fp16"
+    assert "mixed_precision" not in TrainConfig().to_dict()
+    with pytest.raises(ConfigError, match="disagree"):
+        TrainConfig.from_dict({"mixed_precision": "off", "precision": "bf16"})
+    with pytest.raises(ConfigError, match=r"^precision must be one of fp32, bf16, fp16, "):
+        TrainConfig(precision="off")
 
 
 def test_empty_data_folder_and_unknown_config_key(tmp_path, capsys):

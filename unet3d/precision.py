@@ -84,6 +84,12 @@ def resolve_precision(requested: str, flags: Iterable[str] | None = None,
     return "bf16" if native else "fp32"
 
 
+def check_training_precision(precision: str) -> None:
+    """Refuses a training precision this machine cannot run (fp16 needs a GPU)."""
+    if precision == "fp16" and not has_gpu():
+        raise InputError("precision fp16 needs a GPU; on a CPU use bf16 or fp32")
+
+
 def dtype_policy(precision: str) -> str:
     """The Keras dtype policy of a resolved precision (``fp32``, ``bf16`` or ``fp16``)."""
     return POLICIES[precision]

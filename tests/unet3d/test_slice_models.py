@@ -102,14 +102,14 @@ def test_attention_unet_reloads_with_safe_mode(dims, tmp_path):
 
 
 def test_config_checks_dimensions_and_modalities():
-    with pytest.raises(InputError, match="--spatial-dims must be 2 or 3"):
+    with pytest.raises(InputError, match="^spatial_dims must be 2 or 3"):
         ModelConfig(spatial_dims=4)
     with pytest.raises(InputError, match="two positive sizes"):
         TrainConfig(model=ModelConfig(spatial_dims=2), patch_size=(64, 64, 64))
     assert TrainConfig(model=ModelConfig(in_channels=1), modalities=("flair",)).modalities \
         == ("flair",)
     for bad in (("flair", "flair"), ("dwi",)):
-        with pytest.raises(InputError, match="--modalities"):
+        with pytest.raises(InputError, match="^modalities "):
             TrainConfig(model=ModelConfig(in_channels=len(bad)), modalities=bad)
 
 

@@ -1,5 +1,6 @@
 """The command lines. Each entry point applies the environment defaults
-(:func:`unet3d.env.prepare_backend`) before Keras loads, then runs its module's ``main``.
+(:func:`unet3d.env.prepare_backend`) before Keras loads, then runs its module's ``main``;
+``python -m unet3d.cli.<tool>`` applies them as this package loads.
 
 ======================  ==========================  ==============================
 console script          module                      what it does
@@ -22,6 +23,11 @@ from collections.abc import Sequence
 from unet3d.env import prepare_backend
 from unet3d_base.errors import OUTPUT_ERROR_EXIT, OutputError
 from unet3d_base.fileio import STORAGE_ERRNOS
+
+# ``python -m unet3d.cli.<tool>``: this package loads first, then the tool's module, which
+# imports Keras; sys.argv[0] is "-m" exactly while the module is being located
+if sys.argv[:1] == ["-m"]:
+    prepare_backend()
 
 
 def _run(module: str, argv: Sequence[str] | None) -> int:

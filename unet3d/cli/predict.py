@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 
 from data_generators.labels import resolve_convention
-from data_generators.lgg import is_lgg_patient
+from data_generators.layouts import layout_of
 from unet3d.artifacts import DEFAULT_NAME, load_artifact, shipped_path
 from unet3d.env import prepare_backend
 from unet3d.evaluation.folder import evaluate_folder, format_summary
@@ -165,12 +165,13 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
         for name, reason in failures.items():
             print(f"failed: {name}: {reason}", file=sys.stderr)
 
-    if is_lgg_patient(next((p for p in source.iterdir() if p.is_dir()), source)):
+    layout = layout_of(source)
+    if layout.own_masks:
         if args.gt:
-            print("--gt: Kaggle LGG masks beside the slices are scored in each report "
+            print(f"--gt: the masks beside {layout.title} are scored in each report "
                   "(dice_wt_vs_masks); --gt is for BraTS label maps", file=sys.stderr)
         if args.html:
-            print("--html: the review page is for BraTS label maps, not Kaggle LGG slices",
+            print(f"--html: the review page is for BraTS label maps, not {layout.title}",
                   file=sys.stderr)
         return 1 if failures else 0
     # the parts of one folder: the part that completes it scores and reviews the whole

@@ -21,13 +21,19 @@ from pathlib import Path
 from data_generators.labels import MODALITIES
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.shipped import DEFAULT_NAME
-from unet3d.config import SLICE_PATCH_SIZE, TrainConfig, load_config_file
+from unet3d.config import (
+    SLICE_PATCH_SIZE,
+    VOLUME_PATCH_SIZE,
+    ConfigError,
+    TrainConfig,
+    load_config_file,
+)
 from unet3d.env import prepare_backend
 from unet3d.precision import resolve_precision
-from unet3d.training.callbacks import Preempted
 from unet3d.training.finetune import source_path
 from unet3d.training.run import train
 from unet3d.training.rundir import load_resume_config
+from unet3d.training.signals import Preempted
 from unet3d_base.errors import InputError
 
 # CLI option -> TrainConfig (or ModelConfig) field
@@ -36,13 +42,16 @@ OVERRIDES = {
     "patch_size": "patch_size", "batch_size": "batch_size", "base_filters": "base_filters",
     "depth": "depth", "learning_rate": "learning_rate", "val_fraction": "val_fraction",
     "folds": "folds", "fold": "fold", "seed": "seed", "workers": "workers",
-    "mixed_precision": "mixed_precision", "output_mode": "output_mode", "loss": "loss",
+    "output_mode": "output_mode", "loss": "loss",
     "cache_dir": "cache_dir", "label_convention": "label_convention",
     "strategy": "strategy", "init_from": "init_from",
     "freeze_encoder_epochs": "freeze_encoder_epochs", "spatial_dims": "spatial_dims",
     "checkpoint_every": "checkpoint_every",
     "attention_gates": "attention_gates",
 }
+# TrainConfig (or ModelConfig) field -> the option that sets it, for error messages
+FLAGS = {field: "--" + option.replace("_", "-") for option, field in OVERRIDES.items()} | {
+    "modalities": "--modalities", "precision": "--precision"}
 # taken from the --init-from model's own config unless --config sets them
 INHERITED = ("model", "patch_size", "modalities")
 
@@ -77,12 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fold", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int, help="PyDataset loader threads")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                        help="fp32, bf16 (mixed_bfloat16; only where the CPU has avx512_bf16 "
-                             "or amx_bf16, or on a GPU) or auto (bf16 exactly there); default: "
-                             "the config's mixed_precision (off = fp32)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="what training computes in: fp32, bf16 (mixed_bfloat16; only "
+                             "where the CPU has avx512_bf16 or amx_bf16, or on a GPU), fp16 "
+                             "(mixed_float16, a GPU) or auto (bf16 exactly where native); "
+                             "default: the config's precision (fp32)")
     parser.add_argument("--mixed-precision", choices=("off", "bf16", "fp16"),
-                        help="the config field itself; fp16 needs a GPU")
+                        help=argparse.SUPPRESS)  # the older name: off = fp32
     parser.add_argument("--output-mode", choices=("regions", "labels"))
     parser.add_argument("--loss", choices=("dice", "dice_ce"))
     parser.add_argument("--label-convention", help="brats2017 (default), brats2023 or msd")
@@ -128,15 +138,17 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                              f"got {len(sizes)}")
         changes["patch_size"] = tuple(sizes * dims if len(sizes) == 1 else sizes)
     elif len(config.patch_size) != dims and "patch_size" not in values:
-        changes["patch_size"] = SLICE_PATCH_SIZE if dims == 2 else (128, 128, 128)
+        changes["patch_size"] = SLICE_PATCH_SIZE if dims == 2 else VOLUME_PATCH_SIZE
     if args.modalities:
         changes["modalities"] = tuple(name.lower() for name in args.modalities)
         changes["in_channels"] = len(args.modalities)
     if args.no_augment:
         changes["augment"] = False
     if args.precision:
-        resolved = resolve_precision(args.precision)
-        changes["mixed_precision"] = "off" if resolved == "fp32" else resolved
+        changes["precision"] = (args.precision if args.precision == "fp16"
+                                else resolve_precision(args.precision))
+    elif args.mixed_precision:
+        changes["mixed_precision"] = args.mixed_precision  # read as precision
     return config.replace(**changes) if changes else config
 
 
@@ -168,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 report = export_litert(result.run_dir / "best.keras",
                                        result.run_dir / f"best_{precision}.tflite", precision)
                 print(format_report(report))
+    except ConfigError as err:  # names config fields: the options that set them instead
+        print(f"train.py: error: {err.naming(FLAGS)}", file=sys.stderr)
+        return 2
     except InputError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import numpy as np
 
 from data_generators.geometry import plan_geometry
 from data_generators.labels import classes_to_labels, resolve_convention
-from data_generators.lgg import find_lgg_patient, is_lgg_patient
+from data_generators.layouts import is_case_folder
 from unet3d.artifacts import Artifact, load_artifact, shipped_path
 from unet3d.inference.pipeline import (
     PredictSettings,
@@ -48,13 +48,6 @@ class FolderResult:
     cases: list[Path] = field(default_factory=list)  # every case folder of the input
 
 
-def is_case_folder(path: Path) -> bool:
-    """A case folder holds NIfTI files (or a Kaggle LGG patient's TIF slices) itself; a
-    dataset folder holds case folders."""
-    return is_lgg_patient(path) or any(p.is_file() and p.name.lower().endswith((".nii", ".nii.gz"))
-                                       for p in path.iterdir())
-
-
 def part_of(cases: list[Path], num_parts: int, part_id: int) -> list[Path]:
     """Part ``part_id`` of ``num_parts``: every ``num_parts``-th case in name order. The parts
     of ``0 .. num_parts - 1`` are disjoint and together hold every case."""
@@ -63,8 +56,7 @@ def part_of(cases: list[Path], num_parts: int, part_id: int) -> list[Path]:
 
 def case_outputs(out: Path, case_dir: Path, settings: PredictSettings) -> dict[str, Path]:
     """The files :meth:`Predictor.predict_case` writes for the case in ``case_dir``."""
-    slices = find_lgg_patient(case_dir).slices if is_lgg_patient(case_dir) else ()
-    return output_paths(out, case_dir.name, settings, slices)
+    return output_paths(out, case_dir, settings)
 
 
 class Predictor:
@@ -211,5 +203,4 @@ class Predictor:
         return is_complete(case_outputs(Path(out), Path(case_dir), self.settings))
 
 
-__all__: Sequence[str] = ["FolderResult", "Predictor", "case_outputs", "is_case_folder",
-                          "part_of"]
+__all__: Sequence[str] = ["FolderResult", "Predictor", "case_outputs", "part_of"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,7 @@ from data_generators.labels import (
     regions_to_classes,
     resolve_convention,
 )
-from data_generators.layouts import LggCase, find_any_case
-from data_generators.lgg_predictions import prediction_path, save_lgg_predictions
-from data_generators.nifti import save_segmentation
+from data_generators.layouts import Layout, layout_of
 from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
 from unet3d.evaluation.flags import uncertain_fraction
@@ -31,8 +28,6 @@ from unet3d.inference.report import preview_montage, region_mesh, region_volumes
 from unet3d.postprocessing import PostProcessing
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_write_text
-
-NIFTI_SUFFIX = ".nii.gz"
 
 
 @dataclass(frozen=True)
@@ -99,15 +94,14 @@ def resolve_plan(stored: PostProcessing | None, settings: PredictSettings
     return plan, source
 
 
-def output_paths(out_dir: Path, case_id: str, settings: PredictSettings,
-                 tif_slices: Sequence[Path] = ()) -> dict[str, Path]:
-    """Every file written for one case, keyed by kind. For a Kaggle LGG patient
-    (``tif_slices``, its image slices) ``segmentation`` is the last slice's
-    ``<patient>_<n>_pred.tif``, written after the others."""
-    segmentation = out_dir / f"{case_id}{NIFTI_SUFFIX}"
-    if tif_slices:
-        segmentation = prediction_path(out_dir, case_id, tif_slices[-1])
-    paths = {"segmentation": segmentation, "report": out_dir / f"{case_id}.json"}
+def output_paths(out_dir: Path, case_dir: Path, settings: PredictSettings,
+                 layout: Layout | None = None) -> dict[str, Path]:
+    """Every file written for the case in ``case_dir``, keyed by kind; ``segmentation`` is
+    its layout's prediction file (the last of them, for one written per slice)."""
+    case_id = Path(case_dir).name
+    layout = layout or layout_of(case_dir)
+    paths = {"segmentation": layout.segmentation_path(out_dir, Path(case_dir)),
+             "report": out_dir / f"{case_id}.json"}
     if settings.preview:
         paths["preview"] = out_dir / f"{case_id}_preview.png"
     if settings.mesh:
@@ -226,18 +220,18 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    case = find_any_case(Path(case_dir), modalities=model.modalities, require_label=False)
-    lgg = isinstance(case, LggCase)  # Kaggle LGG TIF slices: TIF masks out, one per slice
-    if lgg and model.spatial_dims != 2:
-        raise InputError(f"{case_dir}: Kaggle LGG slices need a 2D network, not "
+    layout = layout_of(case_dir)
+    case = layout.find_case(Path(case_dir), model.modalities, require_label=False)
+    if layout.slices and model.spatial_dims != 2:
+        raise InputError(f"{case_dir}: {layout.title} need a 2D network, not "
                          f"{model.path.name}")
-    paths = output_paths(out_dir, case.case_id, settings, case.patient.slices if lgg else ())
+    paths = output_paths(out_dir, Path(case_dir), settings, layout)
     # the report is written last: a case with it and its segmentation is complete; the
     # outputs of a case without them were left by an interrupted run, and are replaced
     if is_complete(paths) and not settings.overwrite:
         raise InputError(f"{paths['segmentation']}: exists; pass --overwrite to replace it")
     image, truth, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
-    truth = truth if lgg else None  # a BraTS folder's segmentation is scored by --gt
+    truth = truth if layout.own_masks else None  # a BraTS folder's is scored by --gt
     # only the preview needs the raw scan
     flair = model.modalities.index("flair") if "flair" in model.modalities else -1
     preview_image = image[..., flair].copy() if settings.preview else None
@@ -252,10 +246,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
 
     labels = classes_to_labels(full, resolve_convention(settings.labels))
     out_dir.mkdir(parents=True, exist_ok=True)
-    if lgg:
-        save_lgg_predictions(full, case.patient, out_dir)
-    else:
-        save_segmentation(labels, properties, paths["segmentation"])
+    layout.save(full, labels, case, properties, out_dir)
     if settings.preview:
         preview_montage(preview_image, in_model_space, paths["preview"])  # axial: LPS z
     if settings.mesh:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from skimage.measure import marching_cubes
 
 from data_generators.labels import CLASS_COLOURS, REGIONS, classes_to_regions
 from unet3d_base.fileio import atomic_path
@@ -35,8 +37,6 @@ def preview_montage(image: np.ndarray, classes: np.ndarray, path: str | Path,
             (the whole volume when there is no tumor).
         columns: int, default 3.
     """
-    from PIL import Image
-
     z_with_tumor = np.flatnonzero(classes.any(axis=(0, 1)))
     lo, hi = (z_with_tumor[0], z_with_tumor[-1]) if z_with_tumor.size else (0, classes.shape[2] - 1)
     zs = np.unique(np.linspace(lo, hi, slices).round().astype(int))
@@ -68,8 +68,6 @@ def region_mesh(mask: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nd
     Returns ``(vertices (N, 3) float32, faces (M, 3) int)``; empty arrays for
     an empty mask.
     """
-    from skimage.measure import marching_cubes
-
     if not mask.any():
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     padded = np.pad(mask.astype(np.float32), 1)  # closes surfaces at the border

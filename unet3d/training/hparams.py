@@ -49,7 +49,7 @@ def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
         "normalization": str(config.get("normalization", "zscore")),
         "augment": bool(config.get("augment", True)),
         "augment_strength": float(config.get("augment_strength", 1.0)),
-        "precision": str(config.get("mixed_precision", "off")),
+        "precision": str(config.get("precision", "fp32")),
         "init_from": str(config.get("init_from") or ""),
         "train_cases": int(config.get("train_cases", 0)),
     }

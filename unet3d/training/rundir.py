@@ -44,3 +44,13 @@ def truncate_log(path: Path, epochs: int) -> None:
         return
     lines = path.read_text().splitlines(keepends=True)
     atomic_write_text(path, "".join(lines[:1 + epochs]))
+
+
+def write_config_and_split(run_dir: Path, config: TrainConfig, train_ids: list[str],
+                           val_ids: list[str]) -> None:
+    """A new run's ``config.json`` and ``split.json`` (the seed and the case ids of each
+    side, which ``--resume`` reads back)."""
+    config.save(run_dir / "config.json")
+    split = {"seed": config.seed, "folds": config.folds, "fold": config.fold,
+             "val_fraction": config.val_fraction, "train": train_ids, "validation": val_ids}
+    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2) + "\n")

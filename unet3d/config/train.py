@@ -1,8 +1,4 @@
-"""Frozen configuration dataclasses: every default lives here, once.
-
-``ModelConfig`` drives :func:`unet3d.models.unet.build_unet3d`; ``TrainConfig``
-holds it plus everything ``train.py`` needs and is saved as JSON beside a run.
-"""
+"""Everything a training run needs: :class:`TrainConfig`, saved as ``config.json``."""
 
 from __future__ import annotations
 
@@ -14,77 +10,17 @@ from typing import Any
 
 from data_generators.labels import MODALITIES, resolve_convention
 from data_generators.normalization import NORMALIZATIONS
+from unet3d.config.checks import ConfigError, check_keys, choice, positive
+from unet3d.config.model import ModelConfig
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_write_text
 
-OUTPUT_MODES = ("regions", "labels")
-NORMS = ("instance", "none")
-MIXED_PRECISION = ("off", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")  # what training computes in (Keras dtype policies)
+LEGACY_PRECISION = {"off": "fp32"}  # the older field mixed_precision: off / bf16 / fp16
 LOSSES = ("dice", "dice_ce")
 STRATEGIES = ("default", "mirrored", "multiworker")
+VOLUME_PATCH_SIZE = (128, 128, 128)  # the paper's
 SLICE_PATCH_SIZE = (192, 192)  # a 2D network's default: most of a cropped BraTS slice
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of the Isensee et al. 2017 3D U-Net.
-
-    Args:
-        in_channels: int, default 4. Input modalities, channels-last.
-        base_filters: int, default 16. Filters at full resolution; level ``i``
-            has ``base_filters * 2**i``.
-        depth: int, default 5. Number of resolution levels; spatial input
-            sizes must be divisible by ``2**(depth - 1)``.
-        segmentation_levels: int, default 3. Decoder levels whose 1x1x1
-            segmentation outputs are summed (deep supervision).
-        dropout: float, default 0.3. Dropout inside each context module.
-        norm: str, default "instance". ``instance`` or ``none``.
-        leaky_slope: float, default 0.01. Negative slope of the leaky ReLU.
-        output_mode: str, default "regions". ``regions``: 3 sigmoid channels
-            (WT, TC, ET); ``labels``: softmax over background + 3 classes.
-        l2: float, default 0.0. L2 weight decay on conv kernels (paper: 1e-5).
-        spatial_dims: int, default 3. 3: the paper's 3D network on volumes;
-            2: the same blocks in 2D, on axial slices.
-        attention_gates: bool, default False. Additive attention gates on the
-            skip connections (Oktay et al. 2018).
-    """
-
-    in_channels: int = 4
-    base_filters: int = 16
-    depth: int = 5
-    segmentation_levels: int = 3
-    dropout: float = 0.3
-    norm: str = "instance"
-    leaky_slope: float = 0.01
-    output_mode: str = "regions"
-    l2: float = 0.0
-    spatial_dims: int = 3
-    attention_gates: bool = False
-
-    def __post_init__(self) -> None:
-        _positive(self, "in_channels", "base_filters", "depth")
-        if self.spatial_dims not in (2, 3):
-            raise InputError(f"--spatial-dims must be 2 or 3, got {self.spatial_dims!r}")
-        if not 1 <= self.segmentation_levels <= self.depth:
-            raise InputError(
-                f"segmentation_levels must lie in 1..depth ({self.depth}), "
-                f"got {self.segmentation_levels}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise InputError(f"dropout must lie in [0, 1), got {self.dropout}")
-        _choice(self, "norm", NORMS)
-        _choice(self, "output_mode", OUTPUT_MODES)
-        if self.l2 < 0:
-            raise InputError(f"l2 must be >= 0, got {self.l2}")
-
-    @property
-    def out_channels(self) -> int:
-        return 3 if self.output_mode == "regions" else 4
-
-    @property
-    def stride(self) -> int:
-        """Spatial sizes must be multiples of this."""
-        return 2 ** (self.depth - 1)
 
 
 @dataclass(frozen=True)
@@ -126,7 +62,9 @@ class TrainConfig:
             twice as often.
         seed: seeds the split, patch sampling and augmentation.
         workers, use_multiprocessing, max_queue_size: PyDataset loading.
-        mixed_precision: "off", "bf16" or "fp16".
+        precision: "fp32", "bf16" (mixed_bfloat16: a GPU or a CPU with native bf16)
+            or "fp16" (mixed_float16, a GPU). Older configs' ``mixed_precision``
+            (``off`` = fp32) is read as this field.
         strategy: "default" (one device), "mirrored" (all local GPUs, or
             all logical CPU devices) or "multiworker" (the workers of
             ``TF_CONFIG``); ``batch_size`` and ``learning_rate`` are global.
@@ -154,7 +92,7 @@ class TrainConfig:
     epochs: int = 300
     steps_per_epoch: int = 100
     batch_size: int = 2
-    patch_size: tuple[int, ...] = (128, 128, 128)
+    patch_size: tuple[int, ...] = VOLUME_PATCH_SIZE
     learning_rate: float = 5e-4
     lr_decay: float = 0.985
     loss: str = "dice"
@@ -172,7 +110,7 @@ class TrainConfig:
     workers: int = 1
     use_multiprocessing: bool = False
     max_queue_size: int = 8
-    mixed_precision: str = "off"
+    precision: str = "fp32"
     strategy: str = "default"
     cache_dir: str | None = None
     synthetic_cases: int = 12
@@ -182,51 +120,55 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "steps_per_epoch", "batch_size", "folds",
+        positive(self, "epochs", "steps_per_epoch", "batch_size", "folds",
                   "val_patches_per_case", "max_queue_size", "synthetic_cases")
         if self.workers < 0:
-            raise InputError(f"--workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"workers must be >= 0, got {self.workers}", "workers")
         if self.checkpoint_every < 0:
-            raise InputError(f"--checkpoint-every must be >= 0, got {self.checkpoint_every}")
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}",
+                              "checkpoint_every")
         if self.freeze_encoder_epochs < 0:
-            raise InputError(
-                f"--freeze-encoder-epochs must be >= 0, got {self.freeze_encoder_epochs}")
+            raise ConfigError(
+                f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}",
+                "freeze_encoder_epochs")
         if self.freeze_encoder_epochs and not self.init_from:
-            raise InputError("--freeze-encoder-epochs needs --init-from (a pretrained model)")
+            raise ConfigError("freeze_encoder_epochs needs init_from (a pretrained model)",
+                              "freeze_encoder_epochs", "init_from")
         dims = self.model.spatial_dims
         if len(self.patch_size) != dims or any(int(p) <= 0 for p in self.patch_size):
-            raise InputError(f"--patch-size needs {('two', 'three')[dims - 2]} positive sizes "
-                             f"for a {dims}D network, got {self.patch_size}")
+            raise ConfigError(f"patch_size needs {('two', 'three')[dims - 2]} positive sizes "
+                              f"for a {dims}D network, got {self.patch_size}", "patch_size")
         bad = [p for p in self.patch_size if p % self.model.stride]
         if bad:
-            raise InputError(
-                f"--patch-size {'x'.join(map(str, self.patch_size))} is not divisible by "
-                f"2^(depth-1) = {self.model.stride} (depth {self.model.depth})"
-            )
+            raise ConfigError(
+                f"patch_size {'x'.join(map(str, self.patch_size))} is not divisible by "
+                f"2^(depth-1) = {self.model.stride} (depth {self.model.depth})", "patch_size")
         if not 0.0 < self.val_fraction < 1.0:
-            raise InputError(f"--val-fraction must lie in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}",
+                              "val_fraction")
         if not 0 <= self.fold < self.folds:
-            raise InputError(f"--fold must lie in 0..{self.folds - 1}, got {self.fold}")
+            raise ConfigError(f"fold must lie in 0..{self.folds - 1}, got {self.fold}", "fold")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(
                 f"foreground_fraction must lie in [0, 1], got {self.foreground_fraction}"
             )
         if self.learning_rate <= 0 or not 0 < self.lr_decay <= 1:
-            raise InputError("--learning-rate must be > 0 and lr_decay in (0, 1]")
-        _choice(self, "mixed_precision", MIXED_PRECISION)
-        _choice(self, "strategy", STRATEGIES)
-        _choice(self, "loss", LOSSES)
-        _choice(self, "normalization", NORMALIZATIONS)
+            raise ConfigError("learning_rate must be > 0 and lr_decay in (0, 1]",
+                              "learning_rate")
+        choice(self, "precision", PRECISIONS)
+        choice(self, "strategy", STRATEGIES)
+        choice(self, "loss", LOSSES)
+        choice(self, "normalization", NORMALIZATIONS)
         if self.augment_strength < 0:
             raise InputError(f"augment_strength must be >= 0, got {self.augment_strength}")
         try:
             resolve_convention(self.label_convention)
         except ValueError as err:
-            raise InputError(f"label_convention: {err}") from None
+            raise ConfigError(f"label_convention: {err}", "label_convention") from None
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown or len(set(self.modalities)) != len(self.modalities) or not self.modalities:
-            raise InputError(f"--modalities {' '.join(self.modalities)}: give each of "
-                             f"{', '.join(MODALITIES)} at most once")
+            raise ConfigError(f"modalities {' '.join(self.modalities)}: give each of "
+                              f"{', '.join(MODALITIES)} at most once", "modalities")
         if len(self.modalities) != self.model.in_channels:
             raise InputError(
                 f"{len(self.modalities)} modalities {list(self.modalities)} but the "
@@ -240,10 +182,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         """Builds a config from a (possibly partial) dict; unknown keys raise."""
-        values = dict(values)
+        values = _legacy_keys(dict(values), source)
         model_values = values.pop("model", {}) or {}
-        _check_keys(cls, values, source)
-        _check_keys(ModelConfig, model_values, f"{source} [model]")
+        check_keys(cls, values, source)
+        check_keys(ModelConfig, model_values, f"{source} [model]")
         if values.get("patch_size") is None and model_values.get("spatial_dims") == 2:
             values["patch_size"] = SLICE_PATCH_SIZE  # the 3D default cannot apply
         for key in ("patch_size", "synthetic_shape", "modalities", "validation_cases"):
@@ -257,7 +199,7 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with top-level or ``model`` fields changed (unknown raise)."""
         merged = self.to_dict()
-        for key, value in changes.items():
+        for key, value in _legacy_keys(dict(changes), "overrides").items():
             if key in {f.name for f in dataclasses.fields(ModelConfig)}:
                 merged["model"][key] = value
             else:
@@ -268,46 +210,14 @@ class TrainConfig:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Reads a JSON or YAML config file into a dict (validated later)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-    except Exception as err:  # any parse error means a bad file
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{path}: not a valid config file ({first})") from None
-    if not isinstance(values, dict):
-        raise InputError(f"{path}: a config file must hold a mapping of options")
+def _legacy_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Older configs' ``mixed_precision`` (off / bf16 / fp16) as ``precision``."""
+    if "mixed_precision" not in values:
+        return values
+    legacy = values.pop("mixed_precision")
+    mapped = LEGACY_PRECISION.get(legacy, legacy)
+    if values.setdefault("precision", mapped) != mapped:
+        raise ConfigError(f"{source}: mixed_precision {legacy!r} and precision "
+                          f"{values['precision']!r} disagree; give precision alone",
+                          "precision")
     return values
-
-
-__all__ = ["MODALITIES", "ModelConfig", "TrainConfig", "load_config_file"]
-
-
-def _check_keys(cls: type, values: dict[str, Any], source: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"{source}: unknown key(s) {', '.join(unknown)}")
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            flag = "--" + name.replace("_", "-")
-            raise InputError(f"{flag} must be a positive integer, got {value!r}")
-
-
-def _choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
