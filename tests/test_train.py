@@ -14,6 +14,7 @@ import pytest
 import unet3d.cli.train as train_cli
 from data_generators.synthetic import write_synthetic_dataset
 from tests.conftest import REPO
+from unet3d.artifacts.keras_file import read_model_config
 from unet3d.config import ConfigError, ModelConfig, TrainConfig
 from unet3d.training.run import train
 
@@ -95,6 +96,10 @@ def test_run_directory_contents(tiny_run):
     for name in ("best.keras", "last.keras"):
         model = keras.models.load_model(run / name, safe_mode=True)
         assert model.output_shape[-1] == 3
+        # a model carries its recipe, none of this machine's paths or loader settings
+        embedded = read_model_config(run / name)
+        assert not {"data", "out", "cache_dir", "workers", "strategy"} & set(embedded)
+        assert TrainConfig.from_dict(embedded).recipe == config.recipe
     assert not list(run.glob(".*tmp*")), "temporary files left behind"
 
 

@@ -185,7 +185,7 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
             np.testing.assert_array_equal(w1, w2)
         embedded = read_model_config(published)
         assert embedded["validation_cases"] == split[k]["val"]
-        assert embedded["data"] is None and embedded["cache_dir"] is None  # no machine paths
+        assert not {"data", "cache_dir", "out", "workers"} & set(embedded)  # no machine paths
 
     # a second run finds everything done and trains nothing
     before = (runs / "status.json").read_text()
@@ -259,6 +259,34 @@ def test_tiny_campaign_study_then_folds(tmp_path, monkeypatch, capsys):
     assert cli.main(["sync", file, "--runs", str(elsewhere)]) == 0  # the tables survive
     again = (folder / "results.md").read_text()
     assert "| a | - |" in again and f"| postprocessed mean | {mean_wt:.3f} |" in again
+
+    # the final model shipped: every file written from the campaign's records
+    assert cli.main(["ship", file, "--runs", str(runs)]) == 2  # --name is needed
+    assert cli.main(["ship", file, "--runs", str(runs), "--name", "tiny_default"]) == 0
+    shipped = root / "models" / "tiny_default.keras"
+    final = keras.saving.load_model(runs / "published" / "all.keras", safe_mode=True,
+                                    compile=False)
+    for w1, w2 in zip(keras.saving.load_model(shipped, safe_mode=True, compile=False)
+                      .get_weights(), final.get_weights(), strict=True):
+        np.testing.assert_array_equal(w1, w2)
+    assert read_plan(shipped).describe() == oof["plan"]
+    recipe = json.loads((root / "models" / "tiny_default.config.json").read_text())
+    assert recipe == read_model_config(shipped) and recipe["validation_cases"] == []
+    assert TrainConfig.from_dict(recipe).recipe == TrainConfig.from_dict(
+        json.loads((runs / "final" / "all" / "config.json").read_text())).recipe
+    shipped_split = json.loads((root / "models" / "tiny_default.split.json").read_text())
+    assert shipped_split["train"] == sorted(c for f in split for c in f["val"])
+    assert shipped_split["validation"] == [] and shipped_split["decision_split"]["folds"] == split
+    card = (root / "models" / "tiny_default.md").read_text()
+    overall = oof["overall_postprocessed"]
+    row = (f"| WT | {overall['Dice_WT']['mean']:.3f} | {overall['Dice_WT']['median']:.3f} | "
+           f"{overall['Dice_WT']['worst']:.3f} | {overall['HD95_WT']['mean']:.1f} |")
+    assert row in card and oof["plan"] in card and "| 0.90 | 0.80 | 0.73 |" in card
+    total = sum(e["cpu_hours"] + e.get("cpu_hours_discarded", 0.0)
+                for e in status["runs"].values())
+    assert f"study included: {total:.1f} (user" in card
+    assert f"| parameters | {final.count_params():,} |" in card
+    assert "| patch_size | 32x32x32 |" in card and "| loss | dice |" in card
 
     capsys.readouterr()
     assert cli.main(["status", file, "--runs", str(runs)]) == 0

@@ -31,7 +31,7 @@ def save_model(model, path: str | Path, config: dict[str, Any] | None = None,
     Args:
         model: keras.Model.
         path: str or Path ending in ``.keras``.
-        config: dict or None. Usually ``TrainConfig.to_dict()``.
+        config: dict or None. Usually ``TrainConfig.recipe_dict()`` (no machine setting).
         state: dict or None. A training checkpoint's own state (completed
             epochs, best score), embedded so the file says what it holds
             whatever happens to ``state.json`` beside it.

@@ -33,6 +33,7 @@ from unet3d.training.campaign import (
     read_split,
 )
 from unet3d.training.campaign_results import copy_atomic
+from unet3d.training.campaign_ship import ship
 from unet3d.training.oof import (
     out_of_fold_report,
     plot_curves,
@@ -228,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a training campaign (recipe study, then k folds), see where it "
                     "stands, gather its results.")
     parser.add_argument("command",
-                        choices=("split", "run", "status", "sync", "study", "oof", "plot"))
+                        choices=("split", "run", "status", "sync", "study", "oof", "plot",
+                                 "ship"))
     parser.add_argument("campaign", help="the campaign file (campaigns/<name>/campaign.json)")
     parser.add_argument("--runs", help="runs folder, outside the work tree")
     parser.add_argument("--data", help="the BraTS folder, if not where the campaign file says")
+    parser.add_argument("--name", help="ship: the shipped model's name, models/<name>.keras")
     parser.add_argument("--stage", choices=("study", "folds", "final"), action="append",
                         help="run only this stage (repeatable; default: study, folds, final)")
     args = parser.parse_args(argv)
@@ -259,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             out_of_fold(campaign, runner.runs_dir)
         elif args.command == "plot":
             print(f"wrote {plot(campaign, runner.runs_dir)}")
+        elif args.command == "ship":
+            if not args.name:
+                raise InputError("ship needs --name, the shipped model's name")
+            for path in ship(campaign, runner.runs_dir, args.name):
+                print(f"wrote {path}")
         else:
             sync(campaign, runner.runs_dir)
         return 0

@@ -98,6 +98,12 @@ def run_patches(model_path: Path, config: dict[str, Any] | None, window: Sequenc
         train_ids = json.loads(split_file.read_text())["train"]
     except (json.JSONDecodeError, KeyError, TypeError):
         raise InputError(f"{split_file}: not a valid split file") from None
+    run_file = model_path.parent / "config.json"  # the run's settings: where its data is
+    if run_file.is_file():
+        try:
+            config = {**config, **json.loads(run_file.read_text())}
+        except json.JSONDecodeError:
+            raise InputError(f"{run_file}: not valid JSON") from None
     data = config.get("data")
     if data is None:
         train_config = TrainConfig.from_dict(config, source=str(model_path))

@@ -71,13 +71,11 @@ def copy_atomic(source: Path, target: Path) -> Path:
 
 
 def publish_weights(source: Path, target: Path) -> Path:
-    """Saves ``source`` (a checkpoint) as a model without optimizer state, with its config
-    (less the machine's own paths: data, run and cache folders)."""
-    values = read_model_config(source)
-    config = TrainConfig.from_dict(values, source=str(source)).replace(
-        data=None, cache_dir=None, out=target.stem)
+    """Saves ``source`` (a checkpoint) as a model without optimizer state, with its recipe
+    (none of the machine's settings: data, run and cache folders)."""
+    config = TrainConfig.from_dict(read_model_config(source), source=str(source))
     trained = load_model(source)
     model = build_unet3d(config.model, name=trained.name)
     model.set_weights(trained.get_weights())
     target.parent.mkdir(parents=True, exist_ok=True)
-    return save_model(model, target, config.to_dict())
+    return save_model(model, target, config.recipe_dict())

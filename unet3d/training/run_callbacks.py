@@ -27,7 +27,7 @@ def run_callbacks(config: TrainConfig, write_dir: Path, state: dict[str, Any], r
     lr0, decay = config.learning_rate, config.lr_decay
     tensorboard_dir = write_dir / "tensorboard"
     checkpoint = RunCheckpoint(write_dir, best_score=state.get("best_score") or float("-inf"),
-                               config=config.to_dict(),
+                               config=config.recipe_dict(),
                                monitor="val_dice_mean" if val_data else None)
     checkpoint.best_epoch = state.get("best_epoch")
     image = []
