@@ -56,7 +56,7 @@ class BratsPatchDataset(keras.utils.PyDataset):
     def __init__(
         self,
         cases: Sequence[PreprocessedCase],
-        patch_size: Sequence[int] = (128, 128, 128),
+        patch_size: Sequence[int],
         batch_size: int = 2,
         steps_per_epoch: int = 100,
         output_mode: str = "regions",
@@ -151,7 +151,7 @@ class ValidationPatchDataset(keras.utils.PyDataset):
     def __init__(
         self,
         cases: Sequence[PreprocessedCase],
-        patch_size: Sequence[int] = (128, 128, 128),
+        patch_size: Sequence[int],
         batch_size: int = 2,
         patches_per_case: int = 2,
         output_mode: str = "regions",

@@ -99,12 +99,12 @@ def test_determinism_per_epoch_and_index(cases):
 
 def test_bad_arguments(cases):
     with pytest.raises(InputError, match="output_mode"):
-        BratsPatchDataset(cases, output_mode="nope")
+        BratsPatchDataset(cases, patch_size=(8, 8, 8), output_mode="nope")
     with pytest.raises(InputError, match="no cases"):
-        BratsPatchDataset([])
+        BratsPatchDataset([], patch_size=(8, 8, 8))
     unlabeled = PreprocessedCase("U", cases[0].image, None, {}, np.zeros((0, 3), np.int32))
     with pytest.raises(InputError, match="U"):
-        ValidationPatchDataset([unlabeled])
+        ValidationPatchDataset([unlabeled], patch_size=(8, 8, 8))
 
 
 def test_validation_dataset(cases):
