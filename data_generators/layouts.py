@@ -17,7 +17,7 @@ training and prediction never ask which layout they hold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,13 @@ class LggCase:
         return next((m for m in self.patient.masks if m is not None), None)
 
 
-def find_any_cases(root: str | Path, modalities: Sequence[str], require_label: bool = True
-                   ) -> list[CaseFiles | LggCase]:
-    """The cases of a BraTS folder, or the patients of a Kaggle LGG folder, sorted by id."""
+def find_any_cases(root: str | Path, modalities: Sequence[str], require_label: bool = True,
+                   log: Callable[[str], Any] = print) -> list[CaseFiles | LggCase]:
+    """The cases of a BraTS folder, or the patients of a Kaggle LGG folder, sorted by id;
+    LGG patients whose requested channel is a copy of FLAIR left out, a line each to ``log``."""
     if is_lgg_root(root):
-        return [LggCase(p, tuple(modalities))
-                for p in find_lgg_patients(root, require_masks=require_label)]
+        return [LggCase(p, tuple(modalities)) for p in find_lgg_patients(
+            root, require_masks=require_label, modalities=modalities, log=log)]
     return find_cases(root, modalities, require_label)
 
 

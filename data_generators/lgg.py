@@ -11,7 +11,8 @@ Layout (``mateuszbuda/lgg-mri-segmentation``, folder ``kaggle_3m``)::
         ...
 
 The three channels of a slice are pre-contrast T1 (``t1``), FLAIR (``flair``)
-and post-contrast T1 (``t1ce``), in that order (:data:`LGG_MODALITIES`). The
+and post-contrast T1 (``t1ce``), in that order (:data:`LGG_MODALITIES`); where a
+sequence was not acquired its channel is a copy of FLAIR (:func:`repeated_flair`). The
 mask marks the FLAIR abnormality; it is loaded as class 2 (edema, see
 :data:`data_generators.labels.CLASSES`), so that the whole-tumor region equals
 the mask. Volumes are returned channels-last, ``(H, W, N, C)``, with the
@@ -23,25 +24,30 @@ dataset in this layout by :mod:`data_generators.lgg_synthetic`.
 from __future__ import annotations
 
 import re
-import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 
 from data_generators.io import check_data_folder
+from data_generators.lgg_channels import (
+    COPY_CANDIDATES,
+    LGG_MODALITIES,
+    channel_indices,
+    flair_copies,
+    flair_copy_text,
+    read_rgb_slice,
+    read_tif,
+    shape_text,
+)
+from data_generators.lgg_channels import tif_shape as tif_shape  # re-exported
 from unet3d_base.errors import InputError
 
-# the channel order of the RGB slices
-LGG_MODALITIES: tuple[str, ...] = ("t1", "flair", "t1ce")
 LGG_FORMAT = "kaggle-lgg-tif"
 EDEMA_CLASS = 2  # index of "edema" in data_generators.labels.CLASSES
 _MASK_THRESHOLD = 127
-_TIF_ERRORS = (tifffile.TiffFileError, OSError, ValueError, EOFError, struct.error, KeyError,
-               IndexError)
 
 
 @dataclass(frozen=True)
@@ -142,63 +148,74 @@ def find_lgg_patient(folder: str | Path, require_masks: bool = False) -> LggPati
                       masks=found_masks)
 
 
-def find_lgg_patients(root: str | Path, require_masks: bool = True) -> list[LggPatient]:
+def find_lgg_patients(root: str | Path, require_masks: bool = True,
+                      modalities: Sequence[str] | None = None,
+                      log: Callable[[str], Any] = print) -> list[LggPatient]:
     """Finds every patient of an LGG dataset folder.
 
     Args:
         root: folder whose subfolders hold one patient each; files in it, and
             subfolders without image slices, are ignored.
         require_masks: raise for a slice without a mask.
+        modalities: the channels to be read: a patient for whom one of them is a copy
+            of FLAIR (:func:`repeated_flair`) is left out, with a line through ``log``
+            naming its folder and the channel. None: every patient, no slice read.
+        log: where those lines go.
 
     Returns:
         The patients, sorted by ``patient_id``.
 
     Raises:
-        InputError: ``root`` missing, not a folder, holding no patient, or a bad patient.
+        InputError: ``root`` missing, not a folder, holding no patient, a bad patient,
+            or every patient left out.
     """
     root = check_data_folder(root)
     patients = [find_lgg_patient(sub, require_masks) for sub in sorted(root.iterdir())
                 if is_lgg_patient(sub)]
     if not patients:
         raise InputError(f"{root}: no patient folders with <patient>_<n>.tif slices found")
-    return sorted(patients, key=lambda p: p.patient_id)
+    patients.sort(key=lambda p: p.patient_id)
+    if modalities is None:
+        return patients
+    kept, copied = [], set()
+    for patient in patients:
+        copies = repeated_flair(patient, modalities)
+        if copies:
+            log(f"{Path(patient.slices[0]).parent}: left out, {flair_copy_text(copies)}")
+            copied.update(copies)
+        else:
+            kept.append(patient)
+    if not kept:
+        names = " and ".join(c for c in COPY_CANDIDATES if c in copied)
+        raise InputError(f"{root}: every patient left out, their {names} being copies of "
+                         f"FLAIR; choose --modalities without {names}")
+    return kept
 
 
-def _read_tif(path: Path) -> np.ndarray:
-    """The image of a TIFF file; InputError naming ``path`` if it cannot be read."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        return np.asarray(tifffile.imread(path))
-    except _TIF_ERRORS as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{path}: not a readable TIFF file ({detail})") from None
+def repeated_flair(patient: LggPatient, channels: Sequence[str] = COPY_CANDIDATES
+                   ) -> tuple[str, ...]:
+    """Which of the patient's ``t1`` and ``t1ce`` channels are byte-identical to its FLAIR
+    channel on every slice: copies the dataset made where the sequence was not acquired.
 
+    Each slice is read once at most, and none after the first on which no channel in
+    question repeats FLAIR.
 
-def tif_shape(path: Path) -> tuple[int, ...]:
-    """The shape of a TIFF file's first page, read from its header only."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return tuple(int(s) for s in tif.pages[0].shape)
-    except _TIF_ERRORS as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{path}: not a readable TIFF file ({detail})") from None
+    Args:
+        patient: the files, from :func:`find_lgg_patient`.
+        channels: the channels in question; names other than ``t1``, ``t1ce`` are ignored.
 
+    Returns:
+        Those channels, in :data:`LGG_MODALITIES` order; empty for a patient without slices.
 
-def shape_text(shape: Sequence[int]) -> str:
-    """``(240, 240)`` -> ``240x240``."""
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _channels(modalities: Sequence[str], folder: Path) -> list[int]:
-    unknown = [m for m in modalities if m not in LGG_MODALITIES]
-    if unknown or not modalities:
-        raise InputError(f"{folder}: Kaggle LGG slices hold {', '.join(LGG_MODALITIES)} (their "
-                         f"RGB channels), not {', '.join(unknown) or 'no sequence'}; train with "
-                         f"--modalities from those, or predict with a model trained on them")
-    return [LGG_MODALITIES.index(m) for m in modalities]
+    Raises:
+        InputError: an unreadable slice, or one that is not ``HxWx3``.
+    """
+    remaining = tuple(c for c in COPY_CANDIDATES if c in channels) if patient.slices else ()
+    for path in patient.slices:
+        if not remaining:
+            break
+        remaining = flair_copies(read_rgb_slice(Path(path)), remaining)
+    return remaining
 
 
 def load_lgg_patient(
@@ -220,10 +237,12 @@ def load_lgg_patient(
     Raises:
         InputError: unknown modality, unreadable TIFF, a slice that is not
             ``HxWx3`` or not the size of the first slice, non-finite values, a
-            mask that is not ``HxW`` or not its slice's size, or masks for
-            some slices but not others (naming the first missing one).
+            mask that is not ``HxW`` or not its slice's size, masks for some
+            slices but not others (naming the first missing one), or a requested
+            ``t1``/``t1ce`` channel that is a copy of FLAIR (:func:`repeated_flair`).
     """
-    channels = _channels(modalities, Path(patient.slices[0]).parent)
+    folder = Path(patient.slices[0]).parent
+    channels = channel_indices(modalities, folder)
     if not patient.slices or len(patient.masks) != len(patient.slices):
         raise InputError(f"{patient.patient_id}: {len(patient.slices)} slices but "
                          f"{len(patient.masks)} mask entries")
@@ -235,12 +254,11 @@ def load_lgg_patient(
                          "have one")
     image = label = None
     first = Path(patient.slices[0])
+    copies = tuple(m for m in modalities if m in COPY_CANDIDATES)
     for k, (slice_path, mask_path) in enumerate(zip(patient.slices, patient.masks, strict=True)):
         slice_path = Path(slice_path)
-        data = _read_tif(slice_path)
-        if data.ndim != 3 or data.shape[2] != 3:
-            raise InputError(f"{slice_path}: shape {shape_text(data.shape)}, expected an "
-                             "HxWx3 RGB slice")
+        data = read_rgb_slice(slice_path)
+        copies = flair_copies(data, copies)
         if image is None:
             height, width = data.shape[:2]
             image = np.empty((height, width, len(patient.slices), len(channels)), np.float32)
@@ -252,7 +270,7 @@ def load_lgg_patient(
         image[:, :, k, :] = data[:, :, channels]
         if mask_path is not None:
             mask_path = Path(mask_path)
-            mask = _read_tif(mask_path)
+            mask = read_tif(mask_path)
             if mask.ndim == 3 and mask.shape[2] == 1:
                 mask = mask[:, :, 0]
             if mask.ndim != 2:
@@ -265,6 +283,9 @@ def load_lgg_patient(
                 label = np.zeros(image.shape[:3], np.uint8)
             label[:, :, k] = np.where(mask > _MASK_THRESHOLD, EDEMA_CLASS, 0)
     assert image is not None
+    if copies:  # a copy of FLAIR passed off as the sequence would mislead the network
+        raise InputError(f"{folder}: {flair_copy_text(copies)}; use a model or --modalities "
+                         f"without {' and '.join(copies)}")
     properties = {
         "case_id": patient.patient_id,
         "original_shape": [int(s) for s in image.shape[:3]],

@@ -134,7 +134,7 @@ class Trainer:
         data_dir = (Path(config.data) if config.data is not None else cached_synthetic_dataset(
             cache_root, config.synthetic_cases, config.synthetic_shape, config.seed,
             log=self.log))
-        cases = find_any_cases(data_dir, modalities=config.modalities, require_label=True)
+        cases = find_any_cases(data_dir, config.modalities, require_label=True, log=self.log)
         layout = layout_of(data_dir)
         if layout.slices and config.model.spatial_dims == 3:
             raise InputError(f"--data {data_dir}: {layout.title}; train a 2D network on "
