@@ -5,8 +5,9 @@ Modules:
 * :mod:`data_generators.io`: find BraTS case folders and their files.
 * :mod:`data_generators.nifti`: load and save NIfTI volumes.
 * :mod:`data_generators.lgg`, :mod:`data_generators.lgg_predictions`,
-  :mod:`data_generators.lgg_synthetic`: the Kaggle LGG layout: find and read
-  patients, write predictions, write a synthetic dataset.
+  :mod:`data_generators.lgg_synthetic`, :mod:`data_generators.lgg_channels`: the Kaggle
+  LGG layout: find and read patients (channels that copy FLAIR found and refused), write
+  predictions, write a synthetic dataset.
 * :mod:`data_generators.layouts`: either layout, one interface.
 * :mod:`data_generators.geometry`: to the model's voxel space and back.
 * :mod:`data_generators.normalization`: per-sequence intensity normalisation.
