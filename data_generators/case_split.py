@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,3 +56,36 @@ def split_cases(
         val_idx = order[:n_val]
     val = set(val_idx.tolist())
     return [ids[i] for i in range(n) if i not in val], [ids[i] for i in sorted(val)]
+
+
+def resolve_split(ids: Sequence[str], data_dir: str | Path,
+                  validation_cases: Sequence[str] | None = None, val_fraction: float = 0.2,
+                  seed: int = 42, folds: int = 1, fold: int = 0, distributed: bool = False,
+                  saved: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """``(train ids, validation ids)`` of a run over the cases ``ids`` of ``data_dir``.
+
+    A run's saved ``split.json`` (``saved``, when resuming) wins; then an explicit
+    ``validation_cases`` list (empty: every case trains, on one process only); else
+    :func:`split_cases` with the seed, fraction and folds.
+
+    Raises:
+        InputError: listed or saved cases that are not in ``data_dir``, or no training case.
+    """
+    if saved is not None:
+        train_ids, val_ids = list(saved["train"]), list(saved["validation"])
+    elif validation_cases is not None:
+        unknown = sorted(set(validation_cases) - set(ids))
+        if unknown:
+            raise InputError(f"validation_cases: {', '.join(unknown)} not found in {data_dir}")
+        val_ids = sorted(validation_cases)
+        train_ids = sorted(set(ids) - set(val_ids))
+        if not train_ids:
+            raise InputError(f"validation_cases: every case of {data_dir} is held out")
+        if not val_ids and distributed:
+            raise InputError("validation_cases: [] (no validation) runs on one process only")
+    else:
+        train_ids, val_ids = split_cases(list(ids), val_fraction, seed, folds, fold)
+    missing = sorted(set(train_ids + val_ids) - set(ids))
+    if missing:
+        raise InputError(f"{data_dir}: cases of the saved split are missing: {', '.join(missing)}")
+    return train_ids, val_ids

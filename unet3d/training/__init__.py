@@ -1,7 +1,7 @@
 """Training: :func:`train` runs a :class:`~unet3d.config.TrainConfig` end to end.
 
 * :mod:`unet3d.training.trainer`: the :class:`Trainer` holding a run's state: checks,
-  run folder, split (:mod:`~unet3d.training.split`), cache, fit and final scoring.
+  run folder, split (:func:`data_generators.case_split.resolve_split`), cache, fit, scoring.
 * :mod:`unet3d.training.callbacks`: atomic checkpoints, epoch seeds, images;
   :mod:`~unet3d.training.run_callbacks` orders them for a run.
 * :mod:`unet3d.training.signals`: stopping at a step on SIGTERM / SIGINT, step checkpoints;

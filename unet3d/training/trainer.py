@@ -20,6 +20,7 @@ import keras
 
 from data_generators.augmentation import AugmentationConfig
 from data_generators.cache import cache_for, default_cache_root
+from data_generators.case_split import resolve_split
 from data_generators.dataset import BratsPatchDataset, EpochSpan, ValidationPatchDataset
 from data_generators.io import check_data_folder
 from data_generators.layouts import find_any_cases, layout_of
@@ -50,7 +51,6 @@ from unet3d.training.resume import resume_checkpoint
 from unet3d.training.run_callbacks import run_callbacks
 from unet3d.training.rundir import prepare_run_dir, truncate_log, write_config_and_split
 from unet3d.training.signals import StopOnSignal
-from unet3d.training.split import resolve_split
 from unet3d.training.summaries import CsvLog
 from unet3d.training.validation import evaluate_volumes
 from unet3d_base.errors import InputError
@@ -137,12 +137,12 @@ class Trainer:
         cases = find_any_cases(data_dir, config.modalities, require_label=True, log=self.log)
         layout = layout_of(data_dir)
         if layout.slices and config.model.spatial_dims == 3:
-            raise InputError(f"--data {data_dir}: {layout.title}; train a 2D network on "
-                             "them (--spatial-dims 2)")
+            raise InputError(f"--data {data_dir}: {layout.title}: a 2D network's (spatial_dims 2)")
         by_id = {case.case_id: case for case in cases}
         saved = self.run_dir / "split.json"
         train_ids, val_ids = resolve_split(
-            list(by_id), config, data_dir, distributed=self.dist.distributed,
+            list(by_id), data_dir, config.validation_cases, config.val_fraction, config.seed,
+            config.folds, config.fold, distributed=self.dist.distributed,
             saved=json.loads(saved.read_text()) if self.resume and saved.is_file() else None)
         cache = cache_for(data_dir, cache_root, config.normalization)
         self.log(f"preprocessing {len(cases)} cases (cached in {cache.root})")
