@@ -72,9 +72,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume: bool = False, log=print,
                  callbacks: Sequence[keras.callbacks.Callback] = ()) -> None:
-        self.config, self.resume, self.log = config, resume, log
+        self.config, self.resume, self.log, self.start = config, resume, log, time.time()
         self.extra_callbacks = tuple(callbacks)
-        self.start = time.time()
         self.dist: Distribution | None = None
         self.run_dir = Path(config.out)
         self.init_source = None
@@ -137,7 +136,8 @@ class Trainer:
         cases = find_any_cases(data_dir, config.modalities, require_label=True, log=self.log)
         layout = layout_of(data_dir)
         if layout.slices and config.model.spatial_dims == 3:
-            raise InputError(f"--data {data_dir}: {layout.title}: a 2D network's (spatial_dims 2)")
+            raise InputError(f"--data {data_dir}: {layout.title}; train a 2D network on them "
+                             "(--spatial-dims 2)")
         by_id = {case.case_id: case for case in cases}
         saved = self.run_dir / "split.json"
         train_ids, val_ids = resolve_split(
