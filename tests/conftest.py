@@ -21,15 +21,20 @@ def on_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def require_brats() -> Path:
-    """The shared BraTS 2018 folder. Missing, the test fails on CI (``CI=true``)
-    and is skipped elsewhere with one line saying what is missing."""
-    if BRATS_DIR.is_dir() and any(BRATS_DIR.iterdir()):
-        return BRATS_DIR
-    message = f"real BraTS cases not found at {BRATS_DIR}"
+def require_shared(folder: Path, what: str) -> Path:
+    """A folder of ``../shared/data``. Missing or empty, the test fails on CI
+    (``CI=true``) and is skipped elsewhere with one line saying what is missing."""
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    message = f"{what} not found at {folder}"
     if on_ci():
         pytest.fail(message + " (on CI the real-data tests never skip)")
     pytest.skip(message)
+
+
+def require_brats() -> Path:
+    """The shared BraTS 2018 folder (23 cases)."""
+    return require_shared(BRATS_DIR, "real BraTS cases")
 
 
 @pytest.fixture(scope="session")
@@ -38,14 +43,8 @@ def brats_dir() -> Path:
 
 
 def require_lgg() -> Path:
-    """The shared Kaggle LGG folder (21 patients). Missing, the test fails on CI
-    (``CI=true``) and is skipped elsewhere with one line saying what is missing."""
-    if LGG_DIR.is_dir() and any(LGG_DIR.iterdir()):
-        return LGG_DIR
-    message = f"real Kaggle LGG patients not found at {LGG_DIR}"
-    if on_ci():
-        pytest.fail(message + " (on CI the real-data tests never skip)")
-    pytest.skip(message)
+    """The shared Kaggle LGG folder (21 patients)."""
+    return require_shared(LGG_DIR, "real Kaggle LGG patients")
 
 
 @pytest.fixture(scope="session")

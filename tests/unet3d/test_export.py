@@ -40,13 +40,6 @@ def _random(shape, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-@pytest.fixture(scope="module")
-def tiny_models() -> dict[str, keras.Model]:
-    keras.utils.set_random_seed(3)
-    return {mode: build_unet3d(ModelConfig(base_filters=4, depth=3, output_mode=mode))
-            for mode in ("regions", "labels")}
-
-
 # ---- whole model, converted ---------------------------------------------------
 @pytest.mark.parametrize("mode", ["regions", "labels"])
 def test_tflite_fp32_and_fp16_match_keras(tiny_models, mode, tmp_path):

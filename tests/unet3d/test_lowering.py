@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet3d.config import ModelConfig
 from unet3d.export import check_window, lower_layer, lower_model
-from unet3d.models.unet import build_unet3d
 from unet3d_base.errors import InputError
 
 WINDOW = (8, 16, 8)
@@ -126,13 +124,6 @@ def test_unsupported_layer_is_refused():
 
 
 # ---- a tiny whole model, lowered (not converted) -------------------------------------
-@pytest.fixture(scope="module")
-def tiny_models() -> dict[str, keras.Model]:
-    keras.utils.set_random_seed(3)
-    return {mode: build_unet3d(ModelConfig(base_filters=4, depth=3, output_mode=mode))
-            for mode in ("regions", "labels")}
-
-
 @pytest.mark.parametrize("mode", ["regions", "labels"])
 def test_lowered_graph_matches_keras(tiny_models, mode):
     model = tiny_models[mode]
