@@ -15,6 +15,12 @@ Usage:
 
 ``--ensemble K`` adds, for each configuration, a K-model fold ensemble (a folder of
 ``fold_<k>.keras``, as ``predict.py --model FOLDER`` takes it) beside the single model.
+
+``--stages`` profiles memory instead: one fp32 pass through the stages of
+``predict.py`` (load onto the model's grid, crop and normalise, network and
+post-processing, back onto the input's grid, write), the process's peak resident
+memory within each stage (Linux: ``VmHWM``, reset before each stage) and what it holds
+after it.
 """
 
 from __future__ import annotations
@@ -68,6 +74,49 @@ def worker(args: argparse.Namespace) -> None:
                       "peak_gb": peak_kb / 2**20}))
 
 
+def _memory_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def stages_worker(args: argparse.Namespace) -> None:
+    """Peak and held memory of each stage of one prediction, in this process."""
+    from data_generators.geometry import load_case_for_model
+    from data_generators.labels import classes_to_labels
+    from data_generators.layouts import layout_of
+    from unet3d.artifacts import load_artifact
+    from unet3d.inference.pipeline import PredictSettings, crop_for_model, segment_cropped
+
+    model = load_artifact(args.model, precision="fp32")
+    settings = PredictSettings(overwrite=True, max_memory_gb=8.0)
+    layout = layout_of(args.case)
+    case = layout.find_case(Path(args.case), model.modalities)
+    rows, held = [], {}
+
+    def stage(name, fn):
+        Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here
+        start = time.perf_counter()
+        result = fn()
+        rows.append((name, time.perf_counter() - start, _memory_kb("VmHWM") / 2**20,
+                     _memory_kb("VmRSS") / 2**20))
+        return result
+
+    stage("model loaded", lambda: None)
+    image, _, properties, geometry = stage("load onto the model's grid",
+                                           lambda: load_case_for_model(case))
+    cropped = stage("crop and normalise", lambda im=image: crop_for_model(im, model, args.case))
+    del image
+    seg = stage("network and post-processing", lambda: segment_cropped(cropped, model, settings))
+    full = stage("back onto the input's grid", lambda: geometry.labels_from_model(seg.classes))
+    labels = classes_to_labels(full, "brats2017")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    stage("write", lambda: layout.save(full, labels, case, properties, Path(args.out)))
+    held["mode"] = seg.mode
+    print(json.dumps({"stages": rows, **held}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default=str(DEFAULT_CASE))
@@ -79,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16-tta", action="store_true", help="also bf16 with TTA (slow)")
     parser.add_argument("--ensemble", type=int, default=1, metavar="K",
                         help="also time a K-model fold ensemble in each configuration")
+    parser.add_argument("--stages", action="store_true",
+                        help="profile each stage's peak memory (fp32) instead")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -86,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args)
+        (stages_worker if args.stages else worker)(args)
         return 0
 
     from data_generators.io import find_case
@@ -130,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
             keras.utils.set_random_seed(k)
             save_model(build_unet3d(config.model), folder / f"fold_{k}.keras", config.to_dict())
+        if args.stages:
+            return _print_stages(args, model_path, Path(tmp))
         print(f"{'kernels':10} {'TTA':4} {'models':6} {'mode':6} {'load+prep':>9} "
               f"{'network':>8} {'write':>6} {'total':>7} {'net/ideal':>9} {'peak GB':>7}")
         for label, precision, tta, onednn, members in configs:
@@ -150,6 +203,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label:10} {'yes' if tta else 'no':4} {members:6} {result['mode']:6} "
                   f"{rt['load_preprocess']:8.2f}s {rt['network']:7.2f}s {rt['write']:5.2f}s "
                   f"{rt['total']:6.2f}s {ratio:8.2f}x {result['peak_gb']:7.2f}")
+    return 0
+
+
+def _print_stages(args: argparse.Namespace, model_path: Path, tmp: Path) -> int:
+    cmd = [sys.executable, __file__, "--worker", "--stages", "--model", str(model_path),
+           "--case", args.case, "--out", str(tmp / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(f"stages: failed\n{proc.stderr[-2000:]}")
+        return 1
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"fp32, mode {result['mode']}: peak resident memory within each stage, and what "
+          "the process holds after it")
+    print(f"{'stage':30} {'seconds':>8} {'peak GB':>8} {'after GB':>9}")
+    for name, seconds, peak, after in result["stages"]:
+        print(f"{name:30} {seconds:8.2f} {peak:8.2f} {after:9.2f}")
     return 0
 
 
