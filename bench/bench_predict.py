@@ -93,7 +93,7 @@ def stages_worker(args: argparse.Namespace) -> None:
     settings = PredictSettings(overwrite=True, max_memory_gb=8.0)
     layout = layout_of(args.case)
     case = layout.find_case(Path(args.case), model.modalities)
-    rows, held = [], {}
+    rows = []
 
     def stage(name, fn):
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here
@@ -113,8 +113,7 @@ def stages_worker(args: argparse.Namespace) -> None:
     labels = classes_to_labels(full, "brats2017")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     stage("write", lambda: layout.save(full, labels, case, properties, Path(args.out)))
-    held["mode"] = seg.mode
-    print(json.dumps({"stages": rows, **held}))
+    print(json.dumps({"stages": rows, "mode": seg.mode}))
 
 
 def main(argv: list[str] | None = None) -> int:
