@@ -1,0 +1,293 @@
+#!/usr/bin/env python
+"""CPU runtimes side by side on one 128^3 window: Keras against OpenVINO and ONNX Runtime.
+
+The same network and weights (the default network, base 16, depth 5, seeded,
+untrained; or ``--model`` FILE.keras) per window of batch 1, in one run:
+
+* ours: Keras fp32 (the compiled forward of ``predict.py``,
+  :func:`unet3d.models.forward.keras_predict_fn`), Keras bf16 (what
+  ``--precision auto`` picks on a CPU with avx512_bf16) and, with ``--litert``,
+  the LiteRT int8 file of :func:`unet3d.export.export_litert`;
+* OpenVINO fp32 (IR from the Keras SavedModel, or ``--ov-source onnx``), bf16
+  (the same IR, ``INFERENCE_PRECISION_HINT`` bf16) and int8 (NNCF post-training
+  quantization);
+* ONNX Runtime fp32 (ONNX from Keras' own ``model.export(format="onnx")``,
+  i.e. tf2onnx) and int8 (``quantize_static``, QDQ, per-channel weights).
+
+Both int8 paths calibrate on the same real 128^3 patches of ``--data``
+(:func:`unet3d.export.calibration.draw_patches`, the tumour-centred and other
+fixed patches of up to 4 cases); every row then runs on one real window of
+another case, ``--case`` (its tumour-centred patch). Agreement with Keras fp32
+on that window: WT Dice of the thresholded sigmoid channel 0 and the largest
+absolute difference of the probabilities (meaningful for trained weights).
+
+The peers live in their own virtual environment, made on first use from the
+exact versions in ``bench/peers/requirements-runtimes.txt`` (never a
+dependency of this project); each conversion and each engine runs in its own
+process (``bench/peers/runtimes_convert.py``, ``bench/peers/runtimes_engine.py``)
+that reads the window from an ``.npz`` and writes its output back; its peak
+resident memory comes from ``os.wait4``. Rows alternate for ``--rounds`` rounds;
+a row's time is the median of its timed calls (after a first, untimed call).
+
+Usage:
+    python bench/bench_runtimes.py [--model FILE.keras] [--reps 3] [--rounds 2]
+        [--litert] [--engines keras_fp32,ov_fp32,...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "brats2018"
+PEER_VENV = Path.home() / ".cache" / "unet3d" / "bench-runtimes-venv"
+PEERS = REPO / "bench" / "peers"
+REQUIREMENTS = PEERS / "requirements-runtimes.txt"
+# row: (side, what it runs, precision / hint, label)
+ENGINES = {
+    "keras_fp32": ("ours", "keras", "fp32", "Keras fp32 (compiled forward)"),
+    "keras_bf16": ("ours", "keras", "bf16", "Keras bf16"),
+    "litert_int8": ("ours", "litert", "fp32", "LiteRT int8 (unet3d.export)"),
+    "ov_fp32": ("peer", "openvino", "f32", "OpenVINO fp32"),
+    "ov_bf16": ("peer", "openvino", "bf16", "OpenVINO bf16 hint"),
+    "ov_int8": ("peer", "openvino", "f32", "OpenVINO int8 (NNCF)"),
+    "ort_fp32": ("peer", "onnxruntime", "", "ONNX Runtime fp32"),
+    "ort_int8": ("peer", "onnxruntime", "", "ONNX Runtime int8 (QDQ)"),
+}
+DEFAULT_ENGINES = "keras_fp32,keras_bf16,ov_fp32,ov_bf16,ov_int8,ort_fp32,ort_int8"
+# the conversions each row needs, in order
+NEEDS = {"ov_fp32": ["savedmodel", "ov"], "ov_bf16": ["savedmodel", "ov"],
+         "ov_int8": ["savedmodel", "ov", "ov_int8"], "ort_fp32": ["onnx"],
+         "ort_int8": ["onnx", "ort_int8"], "litert_int8": ["litert"]}
+
+
+def ensure_peer(venv: Path) -> Path:
+    """The peer's python, installing its venv (exact pins, no resolver) on first use."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print(f"installing the runtimes peer into {venv} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "-r",
+                        str(REQUIREMENTS)], check=True)
+    return python
+
+
+def run_measured(cmd: list[str]) -> tuple[dict, float]:
+    """Runs ``cmd``; returns its last stdout line as JSON and its peak RSS in GB."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out.seek(0)
+        err.seek(0)
+        if os.waitstatus_to_exitcode(status):
+            lines = [line for line in err.read().strip().splitlines() if line.strip()]
+            raise RuntimeError(lines[-1] if lines else f"exit {status}")
+        lines = out.read().strip().splitlines()
+    return json.loads(lines[-1]), usage.ru_maxrss / 2**20
+
+
+def ours_worker(args: argparse.Namespace) -> None:
+    """Keras (or LiteRT) through ``load_artifact``'s predict_fn, in this process."""
+    from unet3d.artifacts import load_artifact
+
+    window = np.load(args.inputs)["window"]
+    start = time.perf_counter()
+    model = load_artifact(args.model, precision=args.precision)
+    load = time.perf_counter() - start
+    start = time.perf_counter()
+    out = model.predict_fn(window)
+    first, times = time.perf_counter() - start, []
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        out = model.predict_fn(window)
+        times.append(time.perf_counter() - start)
+    np.save(args.out, out)
+    print(json.dumps({"load_s": load, "first_s": first, "times": times}))
+
+
+def litert_worker(args: argparse.Namespace) -> None:
+    """Exports the LiteRT int8 file on the calibration patches, in this process."""
+    from unet3d.export import export_litert
+
+    patches = list(np.load(args.inputs)["calibration"])
+    start = time.perf_counter()
+    export_litert(args.model, args.out, "int8", window=args.window,
+                  calibration=[p[None] for p in patches])
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+
+
+def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
+    """The model file and the .npz of windows (``window``, ``calibration``)."""
+    from unet3d.artifacts.keras_file import read_model_config, save_model
+    from unet3d.config import TrainConfig
+    from unet3d.export.calibration import draw_patches
+    from unet3d.models.unet import build_unet3d
+
+    if args.model:
+        model_path, config = Path(args.model), read_model_config(args.model)
+    else:
+        import keras
+
+        keras.utils.set_random_seed(0)
+        config = TrainConfig().to_dict()
+        model_path = save_model(build_unet3d(TrainConfig().model), tmp / "default.keras", config)
+    window = (args.window,) * 3
+    case = Path(args.case).name
+    others = sorted(p.name for p in Path(args.data).iterdir() if p.is_dir() and p.name != case)
+    calibration = draw_patches(args.data, window, args.calibration_patches, config,
+                               case_ids=others)
+    evaluation = draw_patches(args.data, window, 1, config, case_ids=[case])[0]
+    inputs = tmp / "inputs.npz"
+    np.savez(inputs, window=evaluation, calibration=np.concatenate(calibration))
+    return model_path, inputs, (f"{len(calibration)} patches drawn from up to 4 of the "
+                                f"{len(others)} other cases")
+
+
+def convert_all(args, peer: Path, model: Path, inputs: Path, rows: list[str],
+                tmp: Path) -> tuple[dict, dict]:
+    """Runs every conversion the rows need; returns their results and each failure."""
+    done, failed = {}, {}
+    targets = list(dict.fromkeys(t for row in rows for t in NEEDS.get(row, [])))
+    for target in targets:
+        if target == "litert":
+            cmd = [sys.executable, __file__, "--worker", "litert", "--model", str(model),
+                   "--inputs", str(inputs), "--out", str(tmp / "litert_int8.tflite"),
+                   "--window", str(args.window)]
+        else:
+            cmd = [str(peer), str(PEERS / "runtimes_convert.py"), "--target", target,
+                   "--model", str(model), "--out", str(tmp / "converted"), "--calibration",
+                   str(inputs), "--source", args.ov_source, "--window", str(args.window)]
+        if target == "savedmodel" and args.ov_source == "onnx":
+            continue
+        if any(t in failed for t in targets[:targets.index(target)]):
+            failed[target] = "skipped: an earlier conversion failed"
+            continue
+        try:
+            result, peak = run_measured(cmd)
+            done[target] = {**result, "peak_gb": peak}
+            print(f"converted {target}: {result.get('seconds', 0):.1f} s, peak {peak:.2f} GB",
+                  flush=True)
+        except RuntimeError as err:
+            failed[target] = str(err)
+            print(f"conversion {target} FAILED: {err}", flush=True)
+    return done, failed
+
+
+def engine_cmd(args, row: str, peer: Path, model: Path, inputs: Path, tmp: Path) -> list[str]:
+    side, engine, precision, _ = ENGINES[row]
+    conv = tmp / "converted"
+    out = ["--inputs", str(inputs), "--out", str(tmp / f"{row}.npy"), "--reps", str(args.reps)]
+    if side == "ours":
+        path = tmp / "litert_int8.tflite" if engine == "litert" else model
+        return [sys.executable, __file__, "--worker", "ours", "--model", str(path),
+                "--precision", precision, *out]
+    file = {"ov_fp32": f"ov_fp32_{args.ov_source}.xml", "ov_bf16": f"ov_fp32_{args.ov_source}.xml",
+            "ov_int8": f"ov_int8_{args.ov_source}.xml", "ort_fp32": "fp32.onnx",
+            "ort_int8": "ort_int8.onnx"}[row]
+    return [str(peer), str(PEERS / "runtimes_engine.py"), "--engine", engine, "--model",
+            str(conv / file), "--threads", str(args.threads), "--hint", precision or "f32", *out]
+
+
+def agreement(reference: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """WT Dice of the thresholded channel 0, and the largest absolute probability difference."""
+    a, b = reference[..., 0] > 0.5, out[..., 0] > 0.5
+    total = a.sum() + b.sum()
+    dice = 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
+    return float(dice), float(np.abs(reference - out).max())
+
+
+def report(rows: list[str], results: dict, tmp: Path) -> None:
+    base = statistics.median(t for r, _ in results["keras_fp32"] for t in r["times"])
+    reference = np.load(tmp / "keras_fp32.npy")
+    print(f"\n{'row':32} {'ms/window':>10} {'vs Keras fp32':>13} {'first call':>10} "
+          f"{'load':>7} {'peak GB':>8} {'WT Dice':>8} {'max |dp|':>9}")
+    for row in rows:
+        if row not in results:
+            continue
+        runs = results[row]
+        median = statistics.median(t for r, _ in runs for t in r["times"])
+        first = statistics.median(r["first_s"] for r, _ in runs)
+        load = statistics.median(r["load_s"] for r, _ in runs)
+        dice, diff = agreement(reference, np.load(tmp / f"{row}.npy"))
+        print(f"{ENGINES[row][3]:32} {1000 * median:10.0f} {base / median:12.2f}x "
+              f"{first:9.2f}s {load:6.2f}s {max(p for _, p in runs):8.2f} {dice:8.4f} "
+              f"{diff:9.2e}")
+    fraction = float((reference[..., 0] > 0.5).mean())
+    print(f"(ratio > 1: faster than Keras fp32; Keras fp32's WT on the window: "
+          f"{100 * fraction:.1f}% of its voxels)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help=".keras file (default: the default network, seeded)")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--case", default="Brats18_CBICA_AMH_1", help="the timed window's case")
+    parser.add_argument("--window", type=int, default=128)
+    parser.add_argument("--calibration-patches", type=int, default=4)
+    parser.add_argument("--engines", default=DEFAULT_ENGINES, help=f"of {', '.join(ENGINES)}")
+    parser.add_argument("--litert", action="store_true", help="add the LiteRT int8 row")
+    parser.add_argument("--ov-source", choices=("savedmodel", "onnx"), default="savedmodel")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round, 1 timed call, 2 calibration patches")
+    parser.add_argument("--peer-venv", default=str(PEER_VENV))
+    parser.add_argument("--worker", choices=("ours", "litert"), help=argparse.SUPPRESS)
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    from unet3d.env import apply_defaults, describe_cpu
+
+    apply_defaults()  # TensorFlow environment defaults (oneDNN), before TF loads
+    if args.worker:
+        (ours_worker if args.worker == "ours" else litert_worker)(args)
+        return 0
+    if args.quick:
+        args.rounds, args.reps, args.calibration_patches = 1, 1, 2
+    rows = list(dict.fromkeys(["keras_fp32"] + args.engines.split(",")
+                              + (["litert_int8"] if args.litert else [])))
+    unknown = [r for r in rows if r not in ENGINES]
+    if unknown:
+        parser.error(f"unknown --engines {unknown}")
+    peer = ensure_peer(Path(args.peer_venv))
+    print(f"machine: {describe_cpu()}; {args.threads} threads per runtime")
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        model, inputs, source = prepare(args, tmp)
+        print(f"model {args.model or 'default network (seeded, untrained)'}; window "
+              f"{args.window}^3 of {Path(args.case).name}; int8 calibration: {source}")
+        converted, failed = convert_all(args, peer, model, inputs, rows, tmp)
+        rows = [r for r in rows if not any(t in failed for t in NEEDS.get(r, []))]
+        results: dict[str, list] = {}
+        for round_ in range(args.rounds):
+            for row in rows:
+                cmd = engine_cmd(args, row, peer, model, inputs, tmp)
+                try:
+                    result, peak = run_measured(cmd)
+                except RuntimeError as err:
+                    failed[row] = str(err)
+                    print(f"round {round_ + 1}: {row} FAILED: {err}", flush=True)
+                    continue
+                results.setdefault(row, []).append((result, peak))
+                print(f"round {round_ + 1}: {row}: {statistics.median(result['times']):.2f} s "
+                      f"(first {result['first_s']:.2f} s), peak {peak:.2f} GB", flush=True)
+        report(rows, results, tmp)
+        for name, why in failed.items():
+            print(f"failed: {name}: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
