@@ -42,6 +42,7 @@ from data_generators.lgg_channels import (
     read_tif,
     shape_text,
 )
+from data_generators.lgg_channels import repeated_flair as repeated_flair  # re-exported
 from data_generators.lgg_channels import tif_shape as tif_shape  # re-exported
 from unet3d_base.errors import InputError
 
@@ -69,6 +70,15 @@ class LggPatient:
 def _slice_pattern(name: str, mask: bool) -> re.Pattern[str]:
     tail = "_mask" if mask else ""
     return re.compile(rf"^{re.escape(name)}_(\d+){tail}\.tiff?$", re.IGNORECASE)
+
+
+ANY_SLICE = re.compile(r"^(.+?)_(\d+)(_mask)?\.tiff?$", re.IGNORECASE)
+
+
+def _other_patients_files(folder: Path) -> list[Path]:
+    """Slice or mask files of ``folder`` named for another patient than the folder's."""
+    return sorted(p for p in folder.iterdir() if (m := ANY_SLICE.match(p.name))
+                  and m.group(1).lower() != folder.name.lower() and p.is_file())
 
 
 def _numbered(folder: Path, mask: bool) -> dict[int, list[Path]]:
@@ -113,7 +123,8 @@ def find_lgg_patient(folder: str | Path, require_masks: bool = False) -> LggPati
 
     Image slices are ``<folder name>_<n>.tif``, masks ``<folder name>_<n>_mask.tif``
     (``.tiff`` and any letter case are accepted too); other files are ignored,
-    and so are masks without an image slice.
+    and so are masks without an image slice, but not another patient's slices or
+    masks: a patient folder holds one patient.
 
     Args:
         folder: the patient folder.
@@ -124,7 +135,8 @@ def find_lgg_patient(folder: str | Path, require_masks: bool = False) -> LggPati
 
     Raises:
         InputError: missing folder, no image slices, two files with the same
-            slice number, or (``require_masks``) a missing mask, named by its path.
+            slice number, another patient's slice or mask in the folder, or
+            (``require_masks``) a missing mask, named by its path.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -133,6 +145,10 @@ def find_lgg_patient(folder: str | Path, require_masks: bool = False) -> LggPati
     if not images:
         raise InputError(f"{folder}: no image slices ({folder.name}_<n>.tif)")
     masks = _numbered(folder, mask=True)
+    strangers = _other_patients_files(folder)
+    if strangers:
+        raise InputError(f"{strangers[0]}: not a slice of patient {folder.name}; a patient "
+                         "folder holds one patient's slices and masks")
     for number, paths in (*images.items(), *masks.items()):
         if len(paths) > 1:
             shown = ", ".join(sorted(p.name for p in paths))
@@ -190,32 +206,6 @@ def find_lgg_patients(root: str | Path, require_masks: bool = True,
         raise InputError(f"{root}: every patient left out, their {names} being copies of "
                          f"FLAIR; choose --modalities without {names}")
     return kept
-
-
-def repeated_flair(patient: LggPatient, channels: Sequence[str] = COPY_CANDIDATES
-                   ) -> tuple[str, ...]:
-    """Which of the patient's ``t1`` and ``t1ce`` channels are byte-identical to its FLAIR
-    channel on every slice: copies the dataset made where the sequence was not acquired.
-
-    Each slice is read once at most, and none after the first on which no channel in
-    question repeats FLAIR.
-
-    Args:
-        patient: the files, from :func:`find_lgg_patient`.
-        channels: the channels in question; names other than ``t1``, ``t1ce`` are ignored.
-
-    Returns:
-        Those channels, in :data:`LGG_MODALITIES` order; empty for a patient without slices.
-
-    Raises:
-        InputError: an unreadable slice, or one that is not ``HxWx3``.
-    """
-    remaining = tuple(c for c in COPY_CANDIDATES if c in channels) if patient.slices else ()
-    for path in patient.slices:
-        if not remaining:
-            break
-        remaining = flair_copies(read_rgb_slice(Path(path)), remaining)
-    return remaining
 
 
 def load_lgg_patient(

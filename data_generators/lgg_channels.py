@@ -91,3 +91,29 @@ def flair_copy_text(channels: Sequence[str]) -> str:
     plural = len(channels) > 1
     return (f"its {names} channel{'s' if plural else ''} {'are copies' if plural else 'is a copy'}"
             f" of FLAIR on every slice ({names} {'were' if plural else 'was'} not acquired)")
+
+
+def repeated_flair(patient, channels: Sequence[str] = COPY_CANDIDATES
+                   ) -> tuple[str, ...]:
+    """Which of the patient's ``t1`` and ``t1ce`` channels are byte-identical to its FLAIR
+    channel on every slice: copies the dataset made where the sequence was not acquired.
+
+    Each slice is read once at most, and none after the first on which no channel in
+    question repeats FLAIR.
+
+    Args:
+        patient: the files, from :func:`find_lgg_patient`.
+        channels: the channels in question; names other than ``t1``, ``t1ce`` are ignored.
+
+    Returns:
+        Those channels, in :data:`LGG_MODALITIES` order; empty for a patient without slices.
+
+    Raises:
+        InputError: an unreadable slice, or one that is not ``HxWx3``.
+    """
+    remaining = tuple(c for c in COPY_CANDIDATES if c in channels) if patient.slices else ()
+    for path in patient.slices:
+        if not remaining:
+            break
+        remaining = flair_copies(read_rgb_slice(Path(path)), remaining)
+    return remaining
