@@ -73,12 +73,17 @@ def _slice_pattern(name: str, mask: bool) -> re.Pattern[str]:
 
 
 ANY_SLICE = re.compile(r"^(.+?)_(\d+)(_mask)?\.tiff?$", re.IGNORECASE)
+PATIENT_ID = re.compile(r"^[A-Za-z]+_[A-Za-z0-9]+_[A-Za-z0-9]+_\d{8}$")  # TCGA_CS_4941_19960909
 
 
 def _other_patients_files(folder: Path) -> list[Path]:
-    """Slice or mask files of ``folder`` named for another patient than the folder's."""
+    """Slice or mask files of ``folder`` named for another patient: a patient id of the
+    dataset's form (``TCGA_CS_4941_19960909``) or a sibling folder's name."""
+    def stranger(prefix: str) -> bool:
+        return prefix.lower() != folder.name.lower() and (
+            bool(PATIENT_ID.match(prefix)) or (folder.parent / prefix).is_dir())
     return sorted(p for p in folder.iterdir() if (m := ANY_SLICE.match(p.name))
-                  and m.group(1).lower() != folder.name.lower() and p.is_file())
+                  and stranger(m.group(1)) and p.is_file())
 
 
 def _numbered(folder: Path, mask: bool) -> dict[int, list[Path]]:

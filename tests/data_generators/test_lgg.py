@@ -181,6 +181,13 @@ def test_find_lgg_patients_ignores_stray_files_and_sorts(tmp_path):
         find_lgg_patients(masks_only_root)
     with pytest.raises(InputError, match="not found"):
         find_lgg_patients(tmp_path / "elsewhere")
+    # but a slice or mask of another patient (an id of the dataset's form) is refused
+    for name in ("TCGA_DU_5851_19950428_2.tif", "TCGA_XX_0001_20010101_1_mask.tif"):
+        intruder = _gray(stray / name, _mask(1))
+        with pytest.raises(InputError, match=re.escape(f"{intruder}: not a slice of patient "
+                                                       "TCGA_CS_4941_19960909")):
+            find_lgg_patients(root)
+        intruder.unlink()
 
 
 def test_predictions_round_trip(tmp_path):
