@@ -20,10 +20,10 @@ from typing import Any
 
 from data_generators.labels import MODALITIES
 from data_generators.layouts import find_any_cases
+from data_generators.lgg import is_lgg_root
 from unet3d.artifacts import write_plan
 from unet3d.postprocessing import PostProcessing
 from unet3d.training.campaign import (
-    REGIONS,
     Campaign,
     load_campaign,
     make_split,
@@ -55,7 +55,8 @@ def format_status(campaign: dict[str, Any], status: dict[str, Any]) -> str:
         for run in runs:
             e = status.get("runs", {}).get(run["name"], {})
             dice = e.get("val_dice")
-            shown = " ".join(f"{r} {dice[r]:.3f}" for r in REGIONS) if dice else ""
+            shown = " ".join(f"{r} {dice[r]:.3f}" for r in campaign["_regions"] if r in dice
+                             ) if dice else ""
             lines.append(f"  {run['name']:<32} {e.get('state', 'pending'):<18} "
                          f"epochs {e.get('epochs_done', 0):>4}  "
                          f"{e.get('cpu_hours', 0.0):6.2f} CPU-h  {shown}")
@@ -73,14 +74,14 @@ def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str
         raise InputError(f"{runs_dir / 'published'}: no model yet for fold(s) "
                          f"{', '.join(map(str, missing))}; finish the folds stage first")
     results = predict_out_of_fold(split, models, campaign["_data"], runs_dir / "oof", log=log)
-    report = out_of_fold_report(results)
+    report = out_of_fold_report(results, campaign["_regions"], is_lgg_root(campaign["_data"]))
     write_report(report, runs_dir / "oof.json")
     plan = PostProcessing(**report["plan_values"])
     for path in sorted((runs_dir / "published").glob("*.keras")):  # the final model too
         write_plan(path, plan)
     overall = report["overall_postprocessed"]
     log(f"out-of-fold, {len(results)} cases, post-processing: {report['plan']}")
-    for region in REGIONS:
+    for region in campaign["_regions"]:
         d, h = overall[f"Dice_{region}"], overall[f"HD95_{region}"]
         log(f"  {region}: Dice mean {d['mean']:.3f} median {d['median']:.3f} worst "
             f"{d['worst']:.3f}  HD95 mean {h['mean']:.1f} mm")
@@ -93,7 +94,7 @@ def plot(campaign: dict[str, Any], runs_dir: Path) -> Path:
     status = read_json(runs_dir / "status.json", {}) or {}
     for run in planned_runs(campaign, "folds"):
         run_dir = runs_dir / run["name"]
-        curve = read_curve(run_dir)
+        curve = read_curve(run_dir, campaign["_regions"])
         if not curve["mean"]:  # the run folder is gone: the curve kept in the status
             curve = status.get("runs", {}).get(run["name"], {}).get("curve") or curve
         if curve["mean"]:
@@ -141,6 +142,7 @@ def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
              f"CPU-hours spent so far (user + system time of the training processes): "
              f"{total:.2f}.", ""]
     study = read_json(runs_dir / "study.json", {}) or {}
+    regions = campaign["_regions"]
     if study:
         folds = campaign["study"]["folds"]
         sched = campaign["study"].get("schedule", {})
@@ -149,45 +151,48 @@ def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
                   f"{sched.get('epochs', '?')} x {sched.get('steps_per_epoch', '?')} steps "
                   "from scratch; whole-volume Dice of the fold's validation cases (best "
                   "epoch), mean over folds; spread: max - min of the folds' mean Dice.", "",
-                  "| arm | overrides | WT | TC | ET | mean | spread | CPU-h per fold "
-                  "| mean Dice per CPU-h of one fold |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| arm | overrides | " + " | ".join(regions) + " | mean | spread | CPU-h "
+                  "per fold | mean Dice per CPU-h of one fold |",
+                  "|---|---|" + "---|" * (len(regions) + 4)]
         for name, arm in study.items():
             m = arm["mean"]
             spread = f"{arm['spread']:.3f}" if arm.get("spread") is not None else "1 fold"
             overrides = ", ".join(f"{k}={v}" for k, v in arm["overrides"].items()) or "-"
-            lines.append(f"| {name} | {overrides} | {m['WT']:.3f} | {m['TC']:.3f} | "
-                         f"{m['ET']:.3f} | {m['mean']:.3f} | {spread} | "
+            lines.append(f"| {name} | {overrides} | "
+                         + "".join(f"{m[r]:.3f} | " for r in regions)
+                         + f"{m['mean']:.3f} | {spread} | "
                          f"{arm.get('cpu_hours_per_fold', arm['cpu_hours']):.2f} "
                          f"| {arm['dice_per_cpu_hour']:.2f} |")
         lines.append("")
     fold_runs = [r for r in runs if r.startswith("folds/")]
     if fold_runs:
-        lines += ["## Folds", "", "| fold | state | epochs | flat | CPU-h | WT | TC | ET |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["## Folds", "", "| fold | state | epochs | flat | CPU-h | "
+                  + " | ".join(regions) + " |", "|---|---|---|---|---|" + "---|" * len(regions)]
         for name in sorted(fold_runs):
             e = runs[name]
             d = e.get("val_dice") or {}
             lines.append(f"| {name.split('/')[1]} | {e['state']} | {e.get('epochs_done', 0)} "
                          f"| {e.get('flat', '-')} | {e.get('cpu_hours', 0):.2f} | "
-                         + " | ".join(f"{d[r]:.3f}" if r in d else "-" for r in REGIONS) + " |")
+                         + " | ".join(f"{d[r]:.3f}" if r in d else "-" for r in regions) + " |")
         lines.append("")
     oof = read_json(runs_dir / "oof.json")
+
+    def header(first: str) -> str:
+        names = [f"{m} {r}" for m in ("Dice", "HD95") for r in regions]
+        return f"| {first} | " + " | ".join(names) + " |\n|---|" + "---|" * len(names)
     if oof:
         lines += ["## Out of fold", "", f"{len(oof['cases'])} cases, each segmented by the fold "
                   f"model that never saw it; post-processing chosen on all of them: "
                   f"{oof['plan']}.", "",
-                  "| | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
-                  "|---|---|---|---|---|---|---|"]
-        keys = [f"{m}_{r}" for m in ("Dice", "HD95") for r in REGIONS]
+                  header("")]
+        keys = [f"{m}_{r}" for m in ("Dice", "HD95") for r in regions]
         for stage in ("raw", "postprocessed"):
             summary = oof[f"overall_{stage}"]
             for stat in ("mean", "median", "worst"):
                 lines.append(f"| {stage} {stat} | " + " | ".join(
                     f"{summary[k][stat]:.3f}" if k.startswith("Dice") else
                     f"{summary[k][stat]:.1f}" for k in keys) + " |")
-        lines += ["", "| fold | Dice WT | Dice TC | Dice ET | HD95 WT | HD95 TC | HD95 ET |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", header("fold")]
         for fold, summary in oof["per_fold_postprocessed"].items():
             lines.append(f"| {fold} | " + " | ".join(
                 f"{summary[k]['mean']:.3f}" if k.startswith("Dice") else
@@ -243,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "split":
             if campaign["_split"].exists():
                 raise InputError(f"{campaign['_split']}: exists; a campaign keeps its split")
-            ids = [c.case_id for c in find_any_cases(campaign["_data"], MODALITIES,
-                                                             require_label=True)]
+            # every case: an LGG patient's FLAIR is always its own (other channels may copy it)
+            modalities = ("flair",) if is_lgg_root(campaign["_data"]) else MODALITIES
+            ids = [c.case_id for c in find_any_cases(campaign["_data"], modalities,
+                                                     require_label=True)]
             split = make_split(ids, campaign["split_folds"], campaign["split_seed"])
             atomic_write_text(campaign["_split"], json.dumps(split, indent=2) + "\n")
             print(f"wrote {campaign['_split']}: {len(ids)} cases, {len(split)} folds")

@@ -133,6 +133,9 @@ class Campaign:
         return self.status["runs"].setdefault(name, {"state": "pending", "cpu_hours": 0.0,
                                                      "wall_hours": 0.0})
 
+    def _curve(self, run_dir: Path) -> dict[str, list[float]]:
+        return read_curve(run_dir, self.campaign["_regions"])
+
     # -- one training process
     def _train(self, run: dict[str, Any], epochs: int | None = None) -> int:
         if self._signal is not None:  # asked to stop between two training processes
@@ -176,7 +179,7 @@ class Campaign:
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         entry["cpu_hours"] = round(entry["cpu_hours"] + cpu / 3600, 4)
         entry["wall_hours"] = round(entry["wall_hours"] + (time.time() - start) / 3600, 4)
-        entry.update(run_results(run_dir))
+        entry.update(run_results(run_dir, self.campaign["_regions"]))
         entry["state"] = "trained" if code == 0 else f"stopped (exit {code})"
         self.save_status()
         return code
@@ -230,15 +233,15 @@ class Campaign:
         # the length aimed at is kept in the status (a resumed run's config.json keeps its
         # first length); the log says how far it went
         epochs = max(int(entry.get("target_epochs", schedule["epochs"])),
-                     len(read_curve(run_dir)["epoch"]))
+                     len(self._curve(run_dir)["epoch"]))
         while True:
             entry["target_epochs"] = epochs
             if not (run_dir / "validation.json").is_file() or \
-                    len(read_curve(run_dir)["mean"]) < epochs:
+                    len(self._curve(run_dir)["mean"]) < epochs:
                 code = self._train(run, epochs)
                 if code:
                     return code
-            curve = read_curve(run_dir)["mean"]
+            curve = self._curve(run_dir)["mean"]
             flat = is_flat(curve, schedule["flat_fraction"], schedule["tolerance"],
                            schedule.get("min_epochs", 5))
             if flat or epochs >= schedule["max_epochs"]:
@@ -248,7 +251,7 @@ class Campaign:
             self.log(f"{run['name']}: curve still rising after {len(curve)} epochs; "
                      f"extending to {epochs}")
         entry["flat"] = bool(flat)
-        entry["curve"] = read_curve(run_dir)  # kept in the status: the figure outlives the run
+        entry["curve"] = self._curve(run_dir)  # kept in the status: the figure outlives the run
         published = self.runs_dir / "published" / f"fold_{run['fold']}.keras"
         publish_weights(run_dir / "best.keras", published)
         entry["published"] = str(published)
@@ -269,7 +272,7 @@ class Campaign:
     def _run_final(self, run: dict[str, Any]) -> int:
         run_dir = self.runs_dir / run["name"]
         epochs = self.final_epochs()
-        if len(read_curve(run_dir)["epoch"]) < epochs or not (run_dir / "best.keras").is_file():
+        if len(self._curve(run_dir)["epoch"]) < epochs or not (run_dir / "best.keras").is_file():
             code = self._train(run, epochs)
             if code:
                 return code

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from data_generators.layouts import find_any_cases
+from data_generators.lgg import is_lgg_root
 from unet3d_base.errors import InputError
 
 REGIONS = ("WT", "TC", "ET")
@@ -39,6 +41,10 @@ def load_campaign(path: str | Path, data: str | Path | None = None) -> dict[str,
         (root / campaign["data"]).resolve()
     campaign["_split"] = path.parent / campaign["split"]
     campaign["_models"] = root / campaign.get("models", f"models/{campaign['name']}")
+    regions = tuple(campaign.get("regions", REGIONS))
+    if not regions or not set(regions) <= set(REGIONS):
+        raise InputError(f"{path}: 'regions' must list some of {', '.join(REGIONS)}")
+    campaign["_regions"] = regions
     return campaign
 
 
@@ -101,16 +107,24 @@ def planned_runs(campaign: dict[str, Any], stage: str) -> list[dict[str, Any]]:
         runs[0].update(name="final/all", fold=None)
     else:
         raise InputError(f"unknown stage {stage!r} (study, folds or final)")
+    usable: dict[tuple[str, ...], set[str]] = {}
     for run in runs:
         val = split[run["fold"]]["val"] if run["fold"] is not None else []
+        modalities = tuple(run["config"].get("modalities") or ())
+        if modalities and is_lgg_root(campaign["_data"]):
+            if modalities not in usable:  # patients whose channels are real for this run
+                usable[modalities] = {c.case_id for c in find_any_cases(
+                    campaign["_data"], modalities, log=lambda _: None)}
+            val = [c for c in val if c in usable[modalities]]
         run["config"] = {**run["config"], "data": str(campaign["_data"]),
                          "validation_cases": val}
     return runs
 
 
-def read_curve(run_dir: Path) -> dict[str, list[float]]:
+def read_curve(run_dir: Path, regions: tuple[str, ...] = REGIONS) -> dict[str, list[float]]:
     """Per-epoch validation Dice of a run's ``log.csv``: ``{"epoch", "mean", "WT", ...}``
-    (only ``epoch`` for a run without validation)."""
+    (only ``epoch`` for a run without validation); ``mean`` is the mean over ``regions``
+    (all three: the log's own ``val_dice_mean``)."""
     path = run_dir / "log.csv"
     curve: dict[str, list[float]] = {k: [] for k in ("epoch", "mean", *REGIONS)}
     if not path.is_file():
@@ -119,14 +133,15 @@ def read_curve(run_dir: Path) -> dict[str, list[float]]:
         for row in csv.DictReader(handle):
             try:
                 epoch = int(row["epoch"]) + 1
-                scores = ([float(row["val_dice_mean"])]
-                          + [float(row[f"val_dice_{r.lower()}"]) for r in REGIONS]
+                scores = ([float(row[f"val_dice_{r.lower()}"]) for r in REGIONS]
                           if "val_dice_mean" in row else [])
             except (KeyError, ValueError, TypeError):
                 break
             curve["epoch"].append(epoch)
-            for key, value in zip(("mean", *REGIONS), scores, strict=False):
+            for key, value in zip(REGIONS, scores, strict=False):
                 curve[key].append(value)
+            if scores:
+                curve["mean"].append(float(np.mean([curve[r][-1] for r in regions])))
     return curve
 
 

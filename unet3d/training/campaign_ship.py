@@ -78,9 +78,11 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
     cost and machine, and its configuration."""
     config = TrainConfig.from_dict(recipe, source=name)
     overall, raw = oof["overall_postprocessed"], oof["overall_raw"]
-    cases = len(oof["cases"])
+    cases, regions = len(oof["cases"]), campaign.get("_regions", REGIONS)
+    unit = campaign.get("hd95_unit", "mm")
     lines = [f"# {name}", "",
-             f"The Isensee et al. 2017 U-Net ({config.model.base_filters} base filters, "
+             f"The Isensee et al. 2017 U-Net ({config.model.spatial_dims}D, "
+             f"{config.model.base_filters} base filters, "
              f"{config.model.depth} levels, {parameters:,} parameters) trained on all "
              f"{cases} cases of the campaign `{campaign['name']}`, with the recipe its study "
              f"chose and the post-processing chosen on the out-of-fold predictions of its "
@@ -88,31 +90,25 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
              "`unet3d-campaign ship` from the campaign's records.", "",
              "## Out-of-fold accuracy", "",
              f"Each of the {cases} cases segmented by the fold model that never saw it, "
-             "post-processed as below (whole volumes, the BraTS regions).", "",
-             "| region | Dice mean | median | worst | HD95 mean (mm) | median | worst |",
+             "post-processed as below (whole volumes: each case's Dice over all its voxels).",
+             "", f"| region | Dice mean | median | worst | HD95 mean ({unit}) | median | worst |",
              "|---|---|---|---|---|---|---|"]
-    for region in REGIONS:
+    for region in regions:
         d, h = overall[f"Dice_{region}"], overall[f"HD95_{region}"]
         lines.append(f"| {region} | {d['mean']:.3f} | {d['median']:.3f} | {d['worst']:.3f} "
                      f"| {h['mean']:.1f} | {h['median']:.1f} | {h['worst']:.1f} |")
     lines += ["", "Before post-processing, mean Dice " + ", ".join(
-        f"{r} {raw[f'Dice_{r}']['mean']:.3f}" for r in REGIONS) + ".", "",
-        "| fold | cases | Dice WT | TC | ET | HD95 WT (mm) | TC | ET |",
-        "|---|---|---|---|---|---|---|---|"]
+        f"{r} {raw[f'Dice_{r}']['mean']:.3f}" for r in regions) + ".", "",
+        "| fold | cases | " + " | ".join(f"Dice {r}" for r in regions) + " | "
+        + " | ".join(f"HD95 {r} ({unit})" for r in regions) + " |",
+        "|---|---|" + "---|" * (2 * len(regions))]
     for fold, summary in oof["per_fold_postprocessed"].items():
         count = sum(1 for c in oof["cases"].values() if str(c["fold"]) == fold)
         lines.append(f"| {fold} | {count} | " + " | ".join(
-            f"{summary[f'Dice_{r}']['mean']:.3f}" for r in REGIONS) + " | " + " | ".join(
-            f"{summary[f'HD95_{r}']['mean']:.1f}" for r in REGIONS) + " |")
-    lines += ["", "## Compared with published figures", "",
-              "| | Dice WT | TC | ET |", "|---|---|---|---|",
-              f"| this model, out-of-fold on {cases} cases | " + " | ".join(
-                  f"{overall[f'Dice_{r}']['mean']:.3f}" for r in REGIONS) + " |"]
-    lines += [f"| {who} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
-              for who, values in PEERS]
-    lines += ["", "The published figures are on other cases (the challenges' validation "
-              "sets, hundreds of cases); they place this model, they do not rank it.", "",
-              "## Post-processing", "", f"{oof['plan']}: chosen on the {cases} out-of-fold "
+            f"{summary[f'Dice_{r}']['mean']:.3f}" for r in regions) + " | " + " | ".join(
+            f"{summary[f'HD95_{r}']['mean']:.1f}" for r in regions) + " |")
+    lines += peer_lines(campaign, overall, cases, regions)
+    lines += ["## Post-processing", "", f"{oof['plan']}: chosen on the {cases} out-of-fold "
               "cases, stored in the model file, applied by `predict.py`.", ""]
     lines += training_lines(status, campaign)
     lines += ["## Configuration", "", "| key | value |", "|---|---|",
@@ -123,22 +119,49 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
         value = getattr(config.model, key) if hasattr(config.model, key) \
             else getattr(config, key)
         lines.append(f"| {key} | {value} |")
-    lines += ["", f"`train.py --config models/{name}.config.json --data <BraTS folder>` "
+    lines += ["", f"`train.py --config models/{name}.config.json --data <data folder>` "
               "trains it again; `models/" + name + ".split.json` lists its cases and the "
               "cross-validation split the choices were made on.", ""]
     return "\n".join(lines)
 
 
+def peer_lines(campaign: dict[str, Any], overall: dict[str, Any], cases: int,
+               regions: tuple[str, ...]) -> list[str]:
+    """The published figures the card places the model against: the campaign file's
+    ``peers`` (``[{"who": ..., "dice": {region: value}}]``), else the BraTS ones."""
+    peers = [(p["who"], tuple(p["dice"].get(r) for r in regions))
+             for p in campaign.get("peers", [])] or \
+        [(who, tuple(values[REGIONS.index(r)] for r in regions)) for who, values in PEERS]
+    lines = ["", "## Compared with published figures", "",
+             "| | " + " | ".join(f"Dice {r}" for r in regions) + " |",
+             "|---|" + "---|" * len(regions),
+             f"| this model, out-of-fold on {cases} cases | " + " | ".join(
+                 f"{overall[f'Dice_{r}']['mean']:.3f}" for r in regions) + " |"]
+    lines += [f"| {who} | " + " | ".join(_as_published(v) for v in values) + " |"
+              for who, values in peers]
+    return [*lines, "", campaign.get("peers_note", "The published figures are on other "
+            "cases (the challenges' validation sets, hundreds of cases); they place this "
+            "model, they do not rank it."), ""]
+
+
+def _as_published(value: float | None) -> str:
+    """A published figure with the digits its authors gave (two or three)."""
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if round(value, 2) == value else f"{value:.3f}"
+
+
 def training_lines(status: dict[str, Any], campaign: dict[str, Any]) -> list[str]:
     """The runs' epochs, validation Dice and CPU-hours, and the machines they ran on."""
-    runs = status.get("runs", {})
-    lines = ["## Training", "", "| run | epochs | validation Dice WT | TC | ET | CPU-h |",
-             "|---|---|---|---|---|---|"]
+    runs, regions = status.get("runs", {}), campaign.get("_regions", REGIONS)
+    lines = ["## Training", "", "| run | epochs | " + " | ".join(
+        f"validation Dice {r}" for r in regions) + " | CPU-h |",
+        "|---|---|" + "---|" * (len(regions) + 1)]
     for run, entry in sorted(runs.items()):
         if run.startswith("study/"):
             continue
         dice = entry.get("val_dice") or {}
-        shown = " | ".join(f"{dice[r]:.3f}" if r in dice else "-" for r in REGIONS)
+        shown = " | ".join(f"{dice[r]:.3f}" if r in dice else "-" for r in regions)
         lines.append(f"| {run} | {entry.get('epochs_done', '-')} | {shown} | "
                      f"{entry.get('cpu_hours', 0.0):.2f} |")
     total = sum(e.get("cpu_hours", 0.0) + e.get("cpu_hours_discarded", 0.0)

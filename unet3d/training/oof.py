@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from data_generators.geometry import load_case_for_model
-from data_generators.io import find_case
 from data_generators.labels import classes_to_regions
+from data_generators.layouts import find_any_case
 from data_generators.preprocessing import preprocess_case
 from unet3d.artifacts import load_artifact
 from unet3d.evaluation.scores import dice, hd95
@@ -59,10 +59,11 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
             if model is None:
                 model = load_artifact(models[k], precision=resolve_precision("auto"))
                 predictor = WindowPredictor(model.predict_fn, stride=model.stride,
-                                      patch_size=model.patch_size,
-                                      base_filters=model.base_filters)
-            case = find_case(data_dir / case_id, modalities=model.modalities,
-                             require_label=True)
+                                            patch_size=model.patch_size,
+                                            base_filters=model.base_filters,
+                                            spatial_dims=model.spatial_dims)
+            case = find_any_case(data_dir / case_id, modalities=model.modalities,
+                                 require_label=True)
             image, label, _, _ = load_case_for_model(case, model.label_convention)
             cropped, truth, _ = preprocess_case(image, label, model.normalization)
             classes = probabilities_to_classes(predictor(cropped), model.output_mode)
@@ -83,14 +84,32 @@ def model_stamp(path: Path) -> str:
     return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
 
 
-def score_regions(classes: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Dice and HD95 (mm, the 1 mm grid) per region of one class map."""
+def score_regions(classes: np.ndarray, truth: np.ndarray, regions: tuple[str, ...] = REGIONS
+                  ) -> dict[str, float]:
+    """Dice and HD95 (mm, the 1 mm grid) of ``regions`` of one class map."""
     pred, true = classes_to_regions(classes).astype(bool), classes_to_regions(truth).astype(bool)
     scores = {}
-    for c, region in enumerate(REGIONS):
+    for region in regions:
+        c = REGIONS.index(region)
         scores[f"Dice_{region}"] = float(dice(pred[..., c], true[..., c]))
         scores[f"HD95_{region}"] = float(hd95(pred[..., c], true[..., c]))
     return scores
+
+
+def slice_scores(classes: np.ndarray, truth: np.ndarray, region: str = "WT") -> dict[str, float]:
+    """Per-slice figures of one region of a stack of axial slices (the last axis): the
+    mean Dice over the slices where the truth or the prediction marks something, and how
+    often a slice's tumour / no-tumour call is right (sensitivity, specificity)."""
+    c = REGIONS.index(region)
+    pred = classes_to_regions(classes)[..., c].astype(bool)
+    true = classes_to_regions(truth)[..., c].astype(bool)
+    p_any, t_any = pred.any(axis=(0, 1)), true.any(axis=(0, 1))
+    both = p_any | t_any
+    dices = [dice(pred[..., k], true[..., k]) for k in np.flatnonzero(both)]
+    return {"slice_dice_mean": float(np.mean(dices)) if dices else 1.0,
+            "slices_with_tumour": int(t_any.sum()), "slices": int(t_any.size),
+            "tumour_slices_found": int((p_any & t_any).sum()),
+            "empty_slices_called_empty": int((~p_any & ~t_any).sum())}
 
 
 def summary(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -107,9 +126,12 @@ def summary(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def out_of_fold_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Chooses post-processing on every out-of-fold case and scores before and after it,
-    per case, per fold and over all cases."""
+def out_of_fold_report(results: dict[str, dict[str, Any]],
+                       regions: tuple[str, ...] = REGIONS, slices: bool = False
+                       ) -> dict[str, Any]:
+    """Chooses post-processing on every out-of-fold case and scores ``regions`` before and
+    after it, per case, per fold and over all cases (with ``slices``: per-slice figures of
+    the first region after post-processing too, :func:`slice_scores`)."""
     class_maps = {c: r["classes"] for c, r in results.items()}
     truths = {c: r["truth"] for c, r in results.items()}
     plan, table = choose(class_maps, truths)
@@ -118,9 +140,12 @@ def out_of_fold_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for case_id, r in sorted(results.items()):
         cases[case_id] = {
             "fold": r["fold"],
-            "raw": score_regions(raw.apply(r["classes"])[0], r["truth"]),
-            "postprocessed": score_regions(plan.apply(r["classes"])[0], r["truth"]),
+            "raw": score_regions(raw.apply(r["classes"])[0], r["truth"], regions),
+            "postprocessed": score_regions(plan.apply(r["classes"])[0], r["truth"], regions),
         }
+        if slices:
+            cases[case_id]["slices"] = slice_scores(plan.apply(r["classes"])[0], r["truth"],
+                                                    regions[0])
     report: dict[str, Any] = {"plan": plan.describe(), "plan_values": plan.to_dict(),
                               "cases": cases}
     for stage in ("raw", "postprocessed"):
@@ -128,8 +153,24 @@ def out_of_fold_report(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         report[f"per_fold_{stage}"] = {
             str(k): summary({c: v[stage] for c, v in cases.items() if v["fold"] == k})
             for k in sorted({v["fold"] for v in cases.values()})}
+    if slices:
+        report["overall_slices"] = pooled_slices([v["slices"] for v in cases.values()])
     report["candidates"] = table
     return report
+
+
+def pooled_slices(per_case: list[dict[str, float]]) -> dict[str, float]:
+    """Per-slice figures over every case's slices: the mean of the cases' mean slice Dice,
+    slice-level sensitivity and specificity of the tumour / no-tumour call."""
+    with_tumour = sum(c["slices_with_tumour"] for c in per_case)
+    empty = sum(c["slices"] - c["slices_with_tumour"] for c in per_case)
+    return {"slice_dice_mean_of_cases": round(float(np.mean(
+                [c["slice_dice_mean"] for c in per_case])), 4),
+            "slices": sum(c["slices"] for c in per_case), "slices_with_tumour": with_tumour,
+            "sensitivity": round(sum(c["tumour_slices_found"] for c in per_case)
+                                 / max(with_tumour, 1), 4),
+            "specificity": round(sum(c["empty_slices_called_empty"] for c in per_case)
+                                 / max(empty, 1), 4)}
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
