@@ -7,12 +7,13 @@ untrained; or ``--model`` FILE.keras) per window of batch 1, in one run:
 * ours: Keras fp32 (the compiled forward of ``predict.py``,
   :func:`unet3d.models.forward.keras_predict_fn`), Keras bf16 (what
   ``--precision auto`` picks on a CPU with avx512_bf16) and, with ``--litert``,
-  the LiteRT int8 file of :func:`unet3d.export.export_litert`;
+  the LiteRT int8 file of :func:`unet3d.export.export_litert` (exported on the
+  calibration patches below; minutes) or ``--litert-file``, an existing one;
 * OpenVINO fp32 (IR from the Keras SavedModel, or ``--ov-source onnx``), bf16
   (the same IR, ``INFERENCE_PRECISION_HINT`` bf16) and int8 (NNCF post-training
   quantization);
-* ONNX Runtime fp32 (ONNX from Keras' own ``model.export(format="onnx")``,
-  i.e. tf2onnx) and int8 (``quantize_static``, QDQ, per-channel weights).
+* ONNX Runtime fp32 (ONNX from Keras' ``model.export(format="onnx")``, i.e.
+  tf2onnx) and int8 (``quantize_static``, QDQ, per-channel weights).
 
 Both int8 paths calibrate on the same real 128^3 patches of ``--data``
 (:func:`unet3d.export.calibration.draw_patches`, the tumour-centred and other
@@ -21,17 +22,16 @@ another case, ``--case`` (its tumour-centred patch). Agreement with Keras fp32
 on that window: WT Dice of the thresholded sigmoid channel 0 and the largest
 absolute difference of the probabilities (meaningful for trained weights).
 
-The peers live in their own virtual environment, made on first use from the
-exact versions in ``bench/peers/requirements-runtimes.txt`` (never a
-dependency of this project); each conversion and each engine runs in its own
-process (``bench/peers/runtimes_convert.py``, ``bench/peers/runtimes_engine.py``)
-that reads the window from an ``.npz`` and writes its output back; its peak
-resident memory comes from ``os.wait4``. Rows alternate for ``--rounds`` rounds;
-a row's time is the median of its timed calls (after a first, untimed call).
+The peers live in their own venv, made on first use from the exact versions in
+``bench/peers/requirements-runtimes.txt`` (never this project's dependencies).
+Each conversion and each engine runs in its own process (``bench/peers/runtimes_*.py``),
+reading the window from an ``.npz`` and writing its output back; peak memory from
+``os.wait4``. Rows alternate for ``--rounds`` rounds; a row's time is the median
+of its timed calls (after a first, untimed one).
 
 Usage:
     python bench/bench_runtimes.py [--model FILE.keras] [--reps 3] [--rounds 2]
-        [--litert] [--engines keras_fp32,ov_fp32,...] [--quick]
+        [--litert | --litert-file FILE.tflite] [--engines keras_fp32,ov_fp32,...] [--quick]
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ def convert_all(args, peer: Path, model: Path, inputs: Path, rows: list[str],
             cmd = [str(peer), str(PEERS / "runtimes_convert.py"), "--target", target,
                    "--model", str(model), "--out", str(tmp / "converted"), "--calibration",
                    str(inputs), "--source", args.ov_source, "--window", str(args.window)]
-        if target == "savedmodel" and args.ov_source == "onnx":
+        if (target == "savedmodel" and args.ov_source == "onnx") or (
+                target == "litert" and args.litert_file):
             continue
         if any(t in failed for t in targets[:targets.index(target)]):
             failed[target] = "skipped: an earlier conversion failed"
@@ -188,7 +189,7 @@ def engine_cmd(args, row: str, peer: Path, model: Path, inputs: Path, tmp: Path)
     conv = tmp / "converted"
     out = ["--inputs", str(inputs), "--out", str(tmp / f"{row}.npy"), "--reps", str(args.reps)]
     if side == "ours":
-        path = tmp / "litert_int8.tflite" if engine == "litert" else model
+        path = model if engine == "keras" else args.litert_file or tmp / "litert_int8.tflite"
         return [sys.executable, __file__, "--worker", "ours", "--model", str(path),
                 "--precision", precision, *out]
     file = {"ov_fp32": f"ov_fp32_{args.ov_source}.xml", "ov_bf16": f"ov_fp32_{args.ov_source}.xml",
@@ -196,6 +197,23 @@ def engine_cmd(args, row: str, peer: Path, model: Path, inputs: Path, tmp: Path)
             "ort_int8": "ort_int8.onnx"}[row]
     return [str(peer), str(PEERS / "runtimes_engine.py"), "--engine", engine, "--model",
             str(conv / file), "--threads", str(args.threads), "--hint", precision or "f32", *out]
+
+
+def measure(args, rows: list[str], where: list, failed: dict) -> dict[str, list]:
+    """Every row in its own process, the rows alternating for ``--rounds`` rounds."""
+    results: dict[str, list] = {}
+    for round_ in range(args.rounds):
+        for row in rows:
+            try:
+                result, peak = run_measured(engine_cmd(args, row, *where))
+            except RuntimeError as err:
+                failed[row] = str(err)
+                print(f"round {round_ + 1}: {row} FAILED: {err}", flush=True)
+                continue
+            results.setdefault(row, []).append((result, peak))
+            print(f"round {round_ + 1}: {row}: {statistics.median(result['times']):.2f} s "
+                  f"(first {result['first_s']:.2f} s), peak {peak:.2f} GB", flush=True)
+    return results
 
 
 def agreement(reference: np.ndarray, out: np.ndarray) -> tuple[float, float]:
@@ -235,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--calibration-patches", type=int, default=4)
     parser.add_argument("--engines", default=DEFAULT_ENGINES, help=f"of {', '.join(ENGINES)}")
-    parser.add_argument("--litert", action="store_true", help="add the LiteRT int8 row")
+    parser.add_argument("--litert", action="store_true", help="add LiteRT int8 (exported)")
+    parser.add_argument("--litert-file", help="an int8 .tflite of the same model and window "
+                        "(e.g. a shipped one): the LiteRT row without exporting")
     parser.add_argument("--ov-source", choices=("savedmodel", "onnx"), default="savedmodel")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true",
-                        help="1 round, 1 timed call, 2 calibration patches")
+    parser.add_argument("--quick", action="store_true", help="1 round, 1 call, 2 patches")
     parser.add_argument("--peer-venv", default=str(PEER_VENV))
     parser.add_argument("--worker", choices=("ours", "litert"), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", help=argparse.SUPPRESS)
@@ -257,9 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.reps, args.calibration_patches = 1, 1, 2
     rows = list(dict.fromkeys(["keras_fp32"] + args.engines.split(",")
-                              + (["litert_int8"] if args.litert else [])))
-    unknown = [r for r in rows if r not in ENGINES]
-    if unknown:
+                              + (["litert_int8"] if args.litert or args.litert_file else [])))
+    if unknown := [r for r in rows if r not in ENGINES]:
         parser.error(f"unknown --engines {unknown}")
     peer = ensure_peer(Path(args.peer_venv))
     print(f"machine: {describe_cpu()}; {args.threads} threads per runtime")
@@ -268,21 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         model, inputs, source = prepare(args, tmp)
         print(f"model {args.model or 'default network (seeded, untrained)'}; window "
               f"{args.window}^3 of {Path(args.case).name}; int8 calibration: {source}")
-        converted, failed = convert_all(args, peer, model, inputs, rows, tmp)
+        _, failed = convert_all(args, peer, model, inputs, rows, tmp)
         rows = [r for r in rows if not any(t in failed for t in NEEDS.get(r, []))]
-        results: dict[str, list] = {}
-        for round_ in range(args.rounds):
-            for row in rows:
-                cmd = engine_cmd(args, row, peer, model, inputs, tmp)
-                try:
-                    result, peak = run_measured(cmd)
-                except RuntimeError as err:
-                    failed[row] = str(err)
-                    print(f"round {round_ + 1}: {row} FAILED: {err}", flush=True)
-                    continue
-                results.setdefault(row, []).append((result, peak))
-                print(f"round {round_ + 1}: {row}: {statistics.median(result['times']):.2f} s "
-                      f"(first {result['first_s']:.2f} s), peak {peak:.2f} GB", flush=True)
+        results = measure(args, rows, [peer, model, inputs, tmp], failed)
         report(rows, results, tmp)
         for name, why in failed.items():
             print(f"failed: {name}: {why}")

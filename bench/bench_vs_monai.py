@@ -22,10 +22,20 @@ never a dependency of this project.
 
 Then, unless ``--no-folder``: a folder of ``--folder-cases`` real cases through
 one process, the peak memory of each case (``VmHWM``, reset between cases).
+Our side runs ``bench/peers/ours_predict.py`` (in this environment).
+
+``--like-for-like`` measures instead what the default comparison does not:
+both sides whole-volume (ours ``--mode whole``; MONAI's
+``sliding_window_inference`` with one window as large as the cropped volume,
+rounded up to a multiple of 16), then both on 128^3 sliding windows at
+overlap 0.5 with Gaussian blending (sigma 1/8 of the window on both sides;
+ours ``--mode sliding``), all in fp32, every stage of each side timed: read,
+preprocess, network (the forward calls alone), blend+post, write.
 
 Usage:
     python bench/bench_vs_monai.py [--case ../shared/data/brats2018/Brats18_CBICA_AMH_1]
         [--rounds 2] [--no-tta] [--peer-bf16] [--folder-cases 20]
+    python bench/bench_vs_monai.py --like-for-like [--quick]
 """
 
 from __future__ import annotations
@@ -47,6 +57,12 @@ PEER_VENV = Path.home() / ".cache" / "unet3d" / "bench-peers" / "monai"
 PEER_SCRIPT = REPO / "bench" / "peers" / "monai_dynunet.py"
 PEER_PACKAGES = (["torch==2.13.0"], ["--no-deps", "monai==1.6.1"],
                  ["numpy==2.4.6", "nibabel==5.4.2"])
+OURS = REPO / "bench" / "peers" / "ours_predict.py"  # our side, in this environment
+# --like-for-like: (what both sides do, our predict.py mode, MONAI's roi (0: one window over
+# the whole cropped volume), MONAI's blending); both at overlap 0.5, in fp32
+LIKE_FOR_LIKE = (("whole volume, one pass", "whole", 0, "constant"),
+                 ("128^3 windows, overlap 0.5, Gaussian", "sliding", 128, "gaussian"))
+STAGES = ("read", "preprocess", "network", "blend+post", "write", "total")
 
 
 def ensure_peer(venv: Path) -> Path:
@@ -75,45 +91,117 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[dict, float]:
     return json.loads(lines[-1]), usage.ru_maxrss / 2**20
 
 
-def ours_worker(args: argparse.Namespace) -> None:
-    """One configuration of ours in this process: prints a JSON line."""
-    from unet3d.artifacts import load_artifact
-    from unet3d.env import import_tensorflow_quietly
-    from unet3d.inference.pipeline import PredictSettings, predict_case
+def like_for_like(args: argparse.Namespace, peer: Path, model: Path, tmp: str) -> None:
+    """Both sides whole-volume, then both on 128^3 sliding windows, each stage timed."""
+    results: dict[tuple[str, str], list] = {}
+    for round_ in range(args.rounds):
+        for comparison, mode, roi, blend in LIKE_FOR_LIKE:
+            for side in ("ours", "MONAI"):
+                if side == "ours":
+                    cmd = [sys.executable, str(OURS), "--run", "stages", "--model", str(model),
+                           "--mode", mode, "--window", "128", "--out", f"{tmp}/ours"]
+                else:
+                    cmd = [str(peer), str(PEER_SCRIPT), "--roi", str(roi), "--blend", blend,
+                           "--out", f"{tmp}/peer"]
+                result, peak = run_measured(cmd + ["--case", args.case, "--overlap", "0.5"])
+                run = result["runs"][-1]  # the second case of the process: graph built
+                results.setdefault((comparison, side), []).append((run, peak))
+                print(f"round {round_ + 1}: {comparison}: {side}: {run['total']:.2f} s "
+                      f"(network {run['network']:.2f} s in {run['calls']} calls), "
+                      f"peak {peak:.2f} GB", flush=True)
+    print(f"\n{'both sides do':38} {'side':5} " + " ".join(f"{s:>10}" for s in STAGES)
+          + f" {'calls':>5} {'peak GB':>7} {'MONAI/ours':>10}")
+    for comparison, *_ in LIKE_FOR_LIKE:
+        medians = {side: {s: statistics.median(r[s] for r, _ in results[(comparison, side)])
+                          for s in STAGES} for side in ("ours", "MONAI")}
+        for side in ("ours", "MONAI"):
+            runs = results[(comparison, side)]
+            ratio = (f"{medians['MONAI']['total'] / medians['ours']['total']:.2f}x total, "
+                     f"{medians['MONAI']['network'] / medians['ours']['network']:.2f}x net"
+                     if side == "ours" else "")
+            print(f"{comparison:38} {side:5} "
+                  + " ".join(f"{medians[side][s]:9.2f}s" for s in STAGES)
+                  + f" {runs[-1][0]['calls']:5d} {max(p for _, p in runs):7.2f} {ratio}")
+    print("(seconds: median over rounds of the second case a process segments; network: the "
+          "forward calls alone; blend+post: the rest of inference (padding, windows, blending, "
+          "regions to labels, post-processing, un-cropping); MONAI/ours > 1: ours faster)")
 
-    import_tensorflow_quietly()
-    model = load_artifact(args.model, precision=args.precision)
-    settings = PredictSettings(tta=args.tta, overwrite=True, largest_component=False)
-    times, network = [], []
-    for _ in range(2):
-        start = time.perf_counter()
-        report = predict_case(args.case, args.out, model, settings)
-        times.append(time.perf_counter() - start)
-        network.append(report["runtime_s"]["network"])
-    print(json.dumps({"times": times, "network": network,
-                      "mode": report["settings"]["resolved_mode"]}))
+
+def default_comparison(args: argparse.Namespace, peer: Path, model_path: Path, tmp: str,
+                       ideal: float) -> None:
+    """Ours (fp32, bf16, TTA) against MONAI's sliding window, alternating, and the table."""
+    from unet3d.precision import native_bf16
+
+    bf16 = native_bf16() and not args.no_bf16
+    ours = [("ours fp32", "fp32", False)]
+    if bf16:
+        ours.append(("ours bf16", "bf16", False))
+    if not args.no_tta:
+        ours.append(("ours fp32 TTA x8", "fp32", True))
+        if bf16:
+            ours.append(("ours bf16 TTA x8", "bf16", True))
+    peers = [("MONAI fp32", "fp32")] + ([("MONAI bf16", "bf16")] if args.peer_bf16 else [])
+    results: dict[str, list] = {}
+    for round_ in range(args.rounds):
+        # alternate: ours, peer, ours, peer, ...
+        order = [("ours", o) for o in ours]
+        for index, p in enumerate(peers):
+            order.insert(min(2 * index + 1, len(order)), ("peer", p))
+        for side, item in order:
+            if side == "ours":
+                label, precision, tta = item
+                cmd = [sys.executable, str(OURS), "--run", "case", "--model",
+                       str(model_path), "--case", args.case, "--out", f"{tmp}/ours",
+                       "--precision", precision] + (["--tta"] if tta else [])
+            else:
+                label, precision = item
+                cmd = [str(peer), str(PEER_SCRIPT), "--case", args.case,
+                       "--out", f"{tmp}/peer", "--precision", precision]
+            result, peak = run_measured(cmd)
+            results.setdefault(label, []).append((result, peak))
+            print(f"round {round_ + 1}: {label}: {result['times'][-1]:.2f} s "
+                  f"(first {result['times'][0]:.2f} s), peak {peak:.2f} GB", flush=True)
+
+    def warm(label):  # per case once the process runs: the second segmentation
+        return statistics.median(r["times"][-1] for r, _ in results[label])
+
+    def peak(label):
+        return max(p for _, p in results[label])
+
+    base = warm("MONAI fp32")
+    print()
+    print(f"{'configuration':20} {'files->NIfTI':>12} {'first call':>10} {'peak GB':>8} "
+          f"{'vs MONAI fp32':>13} {'net/ideal':>9}")
+    for label in results:
+        first = statistics.median(r["times"][0] for r, _ in results[label])
+        ratio = base / warm(label)
+        ideal_ratio = ""
+        if label.startswith("ours"):
+            passes = 8 if "TTA" in label else 1
+            net = statistics.median(r["network"][-1] for r, _ in results[label])
+            ideal_ratio = f"{net / (passes * ideal):.2f}x"
+        print(f"{label:20} {warm(label):11.2f}s {first:9.2f}s {peak(label):8.2f} "
+              f"{ratio:12.2f}x {ideal_ratio:>9}")
+    print("(files->NIfTI: median over rounds of the second case in a process; first call: "
+          "the first, with graph building; ratio > 1: faster than MONAI fp32)")
 
 
-def folder_worker(args: argparse.Namespace) -> None:
-    """A folder of cases through one process: per-case time and peak memory (VmHWM)."""
-    from unet3d.artifacts import load_artifact
-    from unet3d.env import import_tensorflow_quietly
-    from unet3d.inference.pipeline import PredictSettings, predict_case
-
-    import_tensorflow_quietly()
-    model = load_artifact(args.model, precision=args.precision)
-    settings = PredictSettings(overwrite=True)
-    rows = []
-    for case in sorted(Path(args.case).iterdir()):
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        start = time.perf_counter()
-        predict_case(case, args.out, model, settings)
-        seconds = time.perf_counter() - start
-        status = Path("/proc/self/status").read_text()
-        hwm = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmHWM"))
-        rows.append({"case": case.name, "seconds": seconds, "peak_gb": hwm / 2**20})
-    print(json.dumps(rows))
+def folder_check(args: argparse.Namespace, model_path: Path, tmp: str) -> None:
+    """A folder of real cases through one process: the peak memory of each."""
+    folder = Path(tmp) / "folder"
+    folder.mkdir()
+    cases = sorted(p for p in DATA.iterdir() if p.is_dir())[:args.folder_cases]
+    for case in cases:
+        (folder / case.name).symlink_to(case.resolve())
+    cmd = [sys.executable, str(OURS), "--run", "folder", "--model", str(model_path),
+           "--case", str(folder), "--out", f"{tmp}/folder_out", "--precision", "fp32"]
+    rows, _ = run_measured(cmd)
+    first, last = rows[0]["peak_gb"], rows[-1]["peak_gb"]
+    highest = max(r["peak_gb"] for r in rows)
+    print(f"\nfolder of {len(rows)} real cases, ours fp32, one process: peak memory "
+          f"first case {first:.2f} GB, last {last:.2f} GB (last/first "
+          f"{last / first:.3f}), highest {highest:.2f} GB; median "
+          f"{statistics.median(r['seconds'] for r in rows):.2f} s per case")
 
 
 def flops_and_peak(case: str) -> tuple[float, float, tuple[int, ...]]:
@@ -156,18 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-venv", default=str(PEER_VENV))
     parser.add_argument("--no-folder", action="store_true")
     parser.add_argument("--folder-cases", type=int, default=20)
-    parser.add_argument("--worker", choices=("ours", "folder"), help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
-    parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--like-for-like", action="store_true",
+                        help="instead: both sides whole-volume, both on 128^3 sliding windows "
+                             "(overlap 0.5, Gaussian), each stage timed")
+    parser.add_argument("--quick", action="store_true", help="one round")
     args = parser.parse_args(argv)
-    if args.worker == "ours":
-        ours_worker(args)
-        return 0
-    if args.worker == "folder":
-        folder_worker(args)
-        return 0
 
     from unet3d.env import apply_defaults, import_tensorflow_quietly
 
@@ -176,87 +257,25 @@ def main(argv: list[str] | None = None) -> int:
     from unet3d.artifacts.keras_file import save_model
     from unet3d.config import TrainConfig
     from unet3d.models.unet import build_unet3d
-    from unet3d.precision import native_bf16
 
     peer = ensure_peer(Path(args.peer_venv))
+    args.rounds = 1 if args.quick else args.rounds
     gflop, sgemm, padded = flops_and_peak(args.case)
     print(f"machine: {cpu_line()}")
     print(f"case {Path(args.case).name}, cropped and padded to {'x'.join(map(str, padded))}; "
           f"default network: {gflop:.0f} GFLOP of convolutions per pass; numpy float32 "
           f"matmul {sgemm:.0f} GFLOP/s -> ideal {gflop / sgemm:.2f} s per pass")
 
-    bf16 = native_bf16() and not args.no_bf16
     with tempfile.TemporaryDirectory() as tmp:
         config = TrainConfig()
         model_path = save_model(build_unet3d(config.model), Path(tmp) / "default.keras",
                                 config.to_dict())
-        ours = [("ours fp32", "fp32", False)]
-        if bf16:
-            ours.append(("ours bf16", "bf16", False))
-        if not args.no_tta:
-            ours.append(("ours fp32 TTA x8", "fp32", True))
-            if bf16:
-                ours.append(("ours bf16 TTA x8", "bf16", True))
-        peers = [("MONAI fp32", "fp32")] + ([("MONAI bf16", "bf16")] if args.peer_bf16 else [])
-        results: dict[str, list] = {}
-        for round_ in range(args.rounds):
-            # alternate: ours, peer, ours, peer, ...
-            order = [("ours", o) for o in ours]
-            for index, p in enumerate(peers):
-                order.insert(min(2 * index + 1, len(order)), ("peer", p))
-            for side, item in order:
-                if side == "ours":
-                    label, precision, tta = item
-                    cmd = [sys.executable, __file__, "--worker", "ours", "--model",
-                           str(model_path), "--case", args.case, "--out", f"{tmp}/ours",
-                           "--precision", precision] + (["--tta"] if tta else [])
-                else:
-                    label, precision = item
-                    cmd = [str(peer), str(PEER_SCRIPT), "--case", args.case,
-                           "--out", f"{tmp}/peer", "--precision", precision]
-                result, peak = run_measured(cmd)
-                results.setdefault(label, []).append((result, peak))
-                print(f"round {round_ + 1}: {label}: {result['times'][-1]:.2f} s "
-                      f"(first {result['times'][0]:.2f} s), peak {peak:.2f} GB", flush=True)
-
-        def warm(label):  # per case once the process runs: the second segmentation
-            return statistics.median(r["times"][-1] for r, _ in results[label])
-
-        def peak(label):
-            return max(p for _, p in results[label])
-
-        base = warm("MONAI fp32")
-        print()
-        print(f"{'configuration':20} {'files->NIfTI':>12} {'first call':>10} {'peak GB':>8} "
-              f"{'vs MONAI fp32':>13} {'net/ideal':>9}")
-        for label in results:
-            first = statistics.median(r["times"][0] for r, _ in results[label])
-            ratio = base / warm(label)
-            ideal = ""
-            if label.startswith("ours"):
-                passes = 8 if "TTA" in label else 1
-                net = statistics.median(r["network"][-1] for r, _ in results[label])
-                ideal = f"{net / (passes * gflop / sgemm):.2f}x"
-            print(f"{label:20} {warm(label):11.2f}s {first:9.2f}s {peak(label):8.2f} "
-                  f"{ratio:12.2f}x {ideal:>9}")
-        print("(files->NIfTI: median over rounds of the second case in a process; first call: "
-              "the first, with graph building; ratio > 1: faster than MONAI fp32)")
-
+        if args.like_for_like:
+            like_for_like(args, peer, model_path, tmp)
+            return 0
+        default_comparison(args, peer, model_path, tmp, gflop / sgemm)
         if not args.no_folder:
-            folder = Path(tmp) / "folder"
-            folder.mkdir()
-            cases = sorted(p for p in DATA.iterdir() if p.is_dir())[:args.folder_cases]
-            for case in cases:
-                (folder / case.name).symlink_to(case.resolve())
-            cmd = [sys.executable, __file__, "--worker", "folder", "--model", str(model_path),
-                   "--case", str(folder), "--out", f"{tmp}/folder_out", "--precision", "fp32"]
-            rows, _ = run_measured(cmd)
-            first, last = rows[0]["peak_gb"], rows[-1]["peak_gb"]
-            highest = max(r["peak_gb"] for r in rows)
-            print(f"\nfolder of {len(rows)} real cases, ours fp32, one process: peak memory "
-                  f"first case {first:.2f} GB, last {last:.2f} GB (last/first "
-                  f"{last / first:.3f}), highest {highest:.2f} GB; median "
-                  f"{statistics.median(r['seconds'] for r in rows):.2f} s per case")
+            folder_check(args, model_path, tmp)
     return 0
 
 
