@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tifffile
@@ -14,9 +15,19 @@ import unet3d.training.campaign_results as results
 from data_generators.lgg import find_lgg_patients
 from data_generators.lgg_synthetic import write_synthetic_lgg
 from tests.conftest import REPO
+from unet3d.artifacts.keras_file import save_model
+from unet3d.config import ModelConfig, TrainConfig
+from unet3d.models.unet import build_unet3d
+from unet3d.postprocessing import PostProcessing
 from unet3d.training import campaign as cp
 from unet3d.training.campaign_results import study_table
-from unet3d.training.oof import pooled_slices, score_regions, slice_scores
+from unet3d.training.oof import (
+    out_of_fold_report,
+    pooled_slices,
+    predict_out_of_fold,
+    score_regions,
+    slice_scores,
+)
 
 LGG_CAMPAIGN = REPO / "campaigns" / "lgg_cv5" / "campaign.json"
 
@@ -114,3 +125,35 @@ def test_study_table_compares_arms_on_their_common_cases(monkeypatch):
     assert table["a"]["mean_common"]["WT"] == pytest.approx(0.7)
     assert table["b"]["mean_common"]["WT"] == pytest.approx(0.7)
     assert table["b"]["mean"]["WT"] == pytest.approx(0.5)
+
+
+def test_out_of_fold_segments_lgg_patients_with_2d_fold_models(tmp_path):
+    """Fold models (tiny, untrained, 2D) segment their fold's patients; every patient is
+    scored on WT with per-slice figures, worked out again from the stored class maps."""
+    folders = write_synthetic_lgg(tmp_path / "data", patients=4, slices=4, size=32, seed=1)
+    ids = sorted(f.name for f in folders)
+    split = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2], "val": ids[2:]}]
+    model_config = ModelConfig(base_filters=2, depth=2, segmentation_levels=1, in_channels=3,
+                               spatial_dims=2, dropout=0.0)
+    config = TrainConfig(model=model_config, modalities=("t1", "flair", "t1ce"),
+                         patch_size=(16, 16)).to_dict()
+    models = {}
+    for k in (0, 1):
+        keras.utils.set_random_seed(k)
+        models[k] = save_model(build_unet3d(model_config), tmp_path / f"fold_{k}.keras", config)
+    found = predict_out_of_fold(split, models, tmp_path / "data", tmp_path / "oof",
+                                log=lambda _: None)
+    assert sorted(found) == ids
+    report = out_of_fold_report(found, ("WT",), slices=True)
+    plan = PostProcessing(**report["plan_values"])
+    for case_id, row in report["cases"].items():
+        assert set(row["postprocessed"]) == {"Dice_WT", "HD95_WT"}
+        processed, truth = plan.apply(found[case_id]["classes"])[0] > 0, found[case_id][
+            "truth"] > 0
+        both = processed.sum() + truth.sum()
+        expected = 2 * (processed & truth).sum() / both if both else 1.0
+        assert row["postprocessed"]["Dice_WT"] == pytest.approx(expected, abs=1e-6)
+        assert row["slices"]["slices"] == truth.shape[-1]
+        assert row["slices"]["slices_with_tumour"] == int(truth.any(axis=(0, 1)).sum())
+    assert report["overall_slices"]["slices"] == sum(
+        r["slices"]["slices"] for r in report["cases"].values())
