@@ -24,7 +24,8 @@ absolute difference of the probabilities (meaningful for trained weights).
 
 The peers live in their own venv, made on first use from the exact versions in
 ``bench/peers/requirements-runtimes.txt`` (never this project's dependencies).
-Each conversion and each engine runs in its own process (``bench/peers/runtimes_*.py``),
+Each conversion and each engine runs in its own process (``bench/peers/runtimes_*.py``;
+ours: ``bench/peers/ours_window.py``),
 reading the window from an ``.npz`` and writing its output back; peak memory from
 ``os.wait4``. Rows alternate for ``--rounds`` rounds; a row's time is the median
 of its timed calls (after a first, untimed one).
@@ -43,7 +44,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,13 @@ NEEDS = {"ov_fp32": ["savedmodel", "ov"], "ov_bf16": ["savedmodel", "ov"],
          "ort_int8": ["onnx", "ort_int8"], "litert_int8": ["litert"]}
 
 
+def output_of(target: str, source: str) -> str:
+    """What a conversion writes, relative to the work folder."""
+    return {"onnx": "converted/fp32.onnx", "savedmodel": "converted/saved_model",
+            "ov": f"converted/ov_fp32_{source}.xml", "ov_int8": f"converted/ov_int8_{source}.xml",
+            "ort_int8": "converted/ort_int8.onnx", "litert": "litert_int8.tflite"}[target]
+
+
 def ensure_peer(venv: Path) -> Path:
     """The peer's python, installing its venv (exact pins, no resolver) on first use."""
     python = venv / "bin" / "python"
@@ -96,36 +103,6 @@ def run_measured(cmd: list[str]) -> tuple[dict, float]:
     return json.loads(lines[-1]), usage.ru_maxrss / 2**20
 
 
-def ours_worker(args: argparse.Namespace) -> None:
-    """Keras (or LiteRT) through ``load_artifact``'s predict_fn, in this process."""
-    from unet3d.artifacts import load_artifact
-
-    window = np.load(args.inputs)["window"]
-    start = time.perf_counter()
-    model = load_artifact(args.model, precision=args.precision)
-    load = time.perf_counter() - start
-    start = time.perf_counter()
-    out = model.predict_fn(window)
-    first, times = time.perf_counter() - start, []
-    for _ in range(args.reps):
-        start = time.perf_counter()
-        out = model.predict_fn(window)
-        times.append(time.perf_counter() - start)
-    np.save(args.out, out)
-    print(json.dumps({"load_s": load, "first_s": first, "times": times}))
-
-
-def litert_worker(args: argparse.Namespace) -> None:
-    """Exports the LiteRT int8 file on the calibration patches, in this process."""
-    from unet3d.export import export_litert
-
-    patches = list(np.load(args.inputs)["calibration"])
-    start = time.perf_counter()
-    export_litert(args.model, args.out, "int8", window=args.window,
-                  calibration=[p[None] for p in patches])
-    print(json.dumps({"seconds": time.perf_counter() - start}))
-
-
 def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
     """The model file and the .npz of windows (``window``, ``calibration``)."""
     from unet3d.artifacts.keras_file import read_model_config, save_model
@@ -135,12 +112,16 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
 
     if args.model:
         model_path, config = Path(args.model), read_model_config(args.model)
+    elif (tmp / "default.keras").exists():  # kept in --work
+        model_path, config = tmp / "default.keras", TrainConfig().to_dict()
     else:
         import keras
 
         keras.utils.set_random_seed(0)
         config = TrainConfig().to_dict()
         model_path = save_model(build_unet3d(TrainConfig().model), tmp / "default.keras", config)
+    # an older config stores "normalization": null; draw_patches reads the raw dict
+    config = {**config, "normalization": config.get("normalization") or "zscore"}
     window = (args.window,) * 3
     case = Path(args.case).name
     others = sorted(p.name for p in Path(args.data).iterdir() if p.is_dir() and p.name != case)
@@ -153,50 +134,50 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
                                 f"{len(others)} other cases")
 
 
-def convert_all(args, peer: Path, model: Path, inputs: Path, rows: list[str],
-                tmp: Path) -> tuple[dict, dict]:
-    """Runs every conversion the rows need; returns their results and each failure."""
-    done, failed = {}, {}
-    targets = list(dict.fromkeys(t for row in rows for t in NEEDS.get(row, [])))
-    for target in targets:
+def needs(row: str, source: str) -> list[str]:
+    """The conversions a row needs, in order (OpenVINO reads the SavedModel or the ONNX)."""
+    return ["onnx" if t == "savedmodel" and source == "onnx" else t for t in NEEDS.get(row, [])]
+
+
+def convert_all(args, peer: Path, model: Path, inputs: Path, rows: list[str], tmp: Path) -> dict:
+    """Runs every conversion the rows need (each after the one it reads); returns failures."""
+    failed: dict[str, str] = {}
+    for target in dict.fromkeys(t for row in rows for t in needs(row, args.ov_source)):
         if target == "litert":
-            cmd = [sys.executable, __file__, "--worker", "litert", "--model", str(model),
-                   "--inputs", str(inputs), "--out", str(tmp / "litert_int8.tflite"),
+            cmd = [sys.executable, str(PEERS / "ours_window.py"), "--export-litert", "--model",
+                   str(model), "--inputs", str(inputs), "--out", str(tmp / "litert_int8.tflite"),
                    "--window", str(args.window)]
         else:
             cmd = [str(peer), str(PEERS / "runtimes_convert.py"), "--target", target,
                    "--model", str(model), "--out", str(tmp / "converted"), "--calibration",
                    str(inputs), "--source", args.ov_source, "--window", str(args.window)]
-        if (target == "savedmodel" and args.ov_source == "onnx") or (
-                target == "litert" and args.litert_file):
-            continue
-        if any(t in failed for t in targets[:targets.index(target)]):
-            failed[target] = "skipped: an earlier conversion failed"
+        if (target == "litert" and args.litert_file) or (
+                args.work and (tmp / output_of(target, args.ov_source)).exists()):
+            continue  # given, or kept from an earlier run (--work)
+        before = {"ov": args.ov_source, "ov_int8": "ov", "ort_int8": "onnx"}.get(target)
+        if before in failed:
+            failed[target] = f"skipped: needs {before}"
             continue
         try:
             result, peak = run_measured(cmd)
-            done[target] = {**result, "peak_gb": peak}
             print(f"converted {target}: {result.get('seconds', 0):.1f} s, peak {peak:.2f} GB",
                   flush=True)
         except RuntimeError as err:
             failed[target] = str(err)
             print(f"conversion {target} FAILED: {err}", flush=True)
-    return done, failed
+    return failed
 
 
 def engine_cmd(args, row: str, peer: Path, model: Path, inputs: Path, tmp: Path) -> list[str]:
     side, engine, precision, _ = ENGINES[row]
-    conv = tmp / "converted"
     out = ["--inputs", str(inputs), "--out", str(tmp / f"{row}.npy"), "--reps", str(args.reps)]
     if side == "ours":
         path = model if engine == "keras" else args.litert_file or tmp / "litert_int8.tflite"
-        return [sys.executable, __file__, "--worker", "ours", "--model", str(path),
-                "--precision", precision, *out]
-    file = {"ov_fp32": f"ov_fp32_{args.ov_source}.xml", "ov_bf16": f"ov_fp32_{args.ov_source}.xml",
-            "ov_int8": f"ov_int8_{args.ov_source}.xml", "ort_fp32": "fp32.onnx",
-            "ort_int8": "ort_int8.onnx"}[row]
+        return [sys.executable, str(PEERS / "ours_window.py"), "--model", str(path),
+                "--precision", precision, "--threads", str(args.threads), *out]
+    file = output_of(NEEDS[row][-1], args.ov_source)
     return [str(peer), str(PEERS / "runtimes_engine.py"), "--engine", engine, "--model",
-            str(conv / file), "--threads", str(args.threads), "--hint", precision or "f32", *out]
+            str(tmp / file), "--threads", str(args.threads), "--hint", precision or "f32", *out]
 
 
 def measure(args, rows: list[str], where: list, failed: dict) -> dict[str, list]:
@@ -262,17 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 round, 1 call, 2 patches")
     parser.add_argument("--peer-venv", default=str(PEER_VENV))
-    parser.add_argument("--worker", choices=("ours", "litert"), help=argparse.SUPPRESS)
-    parser.add_argument("--inputs", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help="keep the model, inputs and conversions in this folder "
+                        "and reuse those there (same --model, --window, --calibration-patches)")
     args = parser.parse_args(argv)
     from unet3d.env import apply_defaults, describe_cpu
 
     apply_defaults()  # TensorFlow environment defaults (oneDNN), before TF loads
-    if args.worker:
-        (ours_worker if args.worker == "ours" else litert_worker)(args)
-        return 0
     if args.quick:
         args.rounds, args.reps, args.calibration_patches = 1, 1, 2
     rows = list(dict.fromkeys(["keras_fp32"] + args.engines.split(",")
@@ -282,12 +258,13 @@ def main(argv: list[str] | None = None) -> int:
     peer = ensure_peer(Path(args.peer_venv))
     print(f"machine: {describe_cpu()}; {args.threads} threads per runtime")
     with tempfile.TemporaryDirectory() as name:
-        tmp = Path(name)
+        tmp = Path(args.work or name)
+        tmp.mkdir(parents=True, exist_ok=True)
         model, inputs, source = prepare(args, tmp)
         print(f"model {args.model or 'default network (seeded, untrained)'}; window "
               f"{args.window}^3 of {Path(args.case).name}; int8 calibration: {source}")
-        _, failed = convert_all(args, peer, model, inputs, rows, tmp)
-        rows = [r for r in rows if not any(t in failed for t in NEEDS.get(r, []))]
+        failed = convert_all(args, peer, model, inputs, rows, tmp)
+        rows = [r for r in rows if not any(t in failed for t in needs(r, args.ov_source))]
         results = measure(args, rows, [peer, model, inputs, tmp], failed)
         report(rows, results, tmp)
         for name, why in failed.items():
