@@ -110,13 +110,15 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path, str]:
     from unet3d.export.calibration import draw_patches
     from unet3d.models.unet import build_unet3d
 
-    if args.model:  # rebuilt in fp32 (a model trained in bf16 would export Casts to bf16)
+    if args.model:  # rebuilt in fp32: layers saved in mixed_bfloat16 would export bf16 Casts
         from unet3d.artifacts.keras_file import load_model
-        from unet3d.artifacts.loader import with_precision
+        from unet3d.precision import policy_scope
 
-        config = read_model_config(args.model)
-        model = with_precision(load_model(args.model),
-                               TrainConfig.from_dict(config, source=args.model).model, "fp32")
+        config, trained = read_model_config(args.model), load_model(args.model)
+        with policy_scope("fp32"):
+            model = build_unet3d(TrainConfig.from_dict(config, source=args.model).model,
+                                 name=trained.name)
+        model.set_weights(trained.get_weights())
         model_path = save_model(model, tmp / "model_fp32.keras", config)
     elif (tmp / "default.keras").exists():  # kept in --work
         model_path, config = tmp / "default.keras", TrainConfig().to_dict()
