@@ -157,6 +157,20 @@ def _sample(
     if field is not None:
         offsets += field.reshape(3, -1)
     coords = offsets + center.astype(np.float32)[:, None]
+    if patch_size[2] == 1 and np.all(coords[2] == np.round(coords[2, 0])):
+        return _sample_plane(image, label, coords[:2], int(np.round(coords[2, 0])), patch_size,
+                             order)
+    return _sample_volume(image, label, coords, patch_size, order)
+
+
+def _sample_volume(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    coords: np.ndarray,
+    patch_size: tuple[int, int, int],
+    order: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A spline of ``order`` at voxel coordinates ``coords`` `(3, N)`, per channel."""
     # read only the region the coordinates touch (memmap friendly, cheap spline prefilter)
     margin = 1 + order
     lo = np.floor(coords.min(axis=1)).astype(int) - margin
@@ -173,6 +187,40 @@ def _sample(
     lbl = None
     if label is not None:
         region_lbl = _slice_padded(label, lo, tuple(hi - lo))
+        lbl = ndimage.map_coordinates(region_lbl, coords, order=0, mode="constant", cval=0,
+                                      output=np.uint8).reshape(shape)
+    return img, lbl
+
+
+def _sample_plane(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    coords: np.ndarray,
+    z: int,
+    patch_size: tuple[int, int, int],
+    order: int,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_sample` for a slice that stays on plane ``z``: a 2D spline per channel.
+
+    The same values as the 3D spline, whose coordinate on the slice axis falls on a
+    sample (where a spline interpolates exactly), at a ninth of the cost or less.
+    """
+    margin = 1 + order
+    lo = np.floor(coords.min(axis=1)).astype(int) - margin
+    hi = np.ceil(coords.max(axis=1)).astype(int) + margin + 1
+    start = np.array([lo[0], lo[1], z])
+    size = (int(hi[0] - lo[0]), int(hi[1] - lo[1]), 1)
+    region_img = _slice_padded(image, start, size)[:, :, 0].astype(np.float32, copy=False)
+    coords = coords - lo[:, None].astype(np.float32)
+    shape = tuple(patch_size)
+    img = np.empty(shape + (image.shape[-1],), dtype=np.float32)
+    for c in range(image.shape[-1]):
+        img[..., c] = ndimage.map_coordinates(
+            region_img[..., c], coords, order=order, mode="constant", cval=0.0,
+            output=np.float32).reshape(shape)
+    lbl = None
+    if label is not None:
+        region_lbl = _slice_padded(label, start, size)[:, :, 0]
         lbl = ndimage.map_coordinates(region_lbl, coords, order=0, mode="constant", cval=0,
                                       output=np.uint8).reshape(shape)
     return img, lbl

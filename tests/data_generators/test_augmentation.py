@@ -172,3 +172,40 @@ def test_stronger_augmentation_changes_more_patches(volume):
     # strength 1 and 0.6^3 * (0.4 * 0.7 * 0.7)^2 = 0.0083 at strength 2
     assert changed[1.0] == pytest.approx(1 - 0.130, abs=0.07)
     assert changed[2.0] == pytest.approx(1 - 0.0083, abs=0.03)
+
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_in_plane_slice_equals_the_3d_spline(order):
+    """A slice patch (H, W, 1) whose transform keeps the slice axis is sampled in 2D;
+    its values must be those of the 3D spline at the same points."""
+    from data_generators.augmentation import _sample, _sample_volume
+
+    rng = np.random.default_rng(4)
+    image = ndimage.gaussian_filter(rng.standard_normal((30, 34, 7, 2)), (2, 2, 1, 0))
+    image = image.astype(np.float32)
+    label = (image[..., 0] > 0).astype(np.uint8)
+    patch = (24, 20, 1)
+    angle = 0.4
+    matrix = 1.1 * np.array([[np.cos(angle), -np.sin(angle), 0],
+                             [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    field = _elastic_field(patch, 3.0, 4.0, rng)
+    field[2] = 0.0
+    center = np.array([12, 20, 5])
+    img, lbl = _sample(image, label, center, patch, matrix, field, order)
+
+    grid = np.stack(np.meshgrid(*[np.arange(p, dtype=np.float64) for p in patch],
+                                indexing="ij")).reshape(3, -1)
+    coords = matrix @ (grid - np.array([12, 10, 0])[:, None]) + field.reshape(3, -1)
+    coords = (coords + center[:, None]).astype(np.float32)
+    assert coords[0].min() < 0 or coords[1].max() > 33  # the patch leaves the volume
+    want_img, want_lbl = _sample_volume(image, label, coords.copy(), patch, order)
+    np.testing.assert_allclose(img, want_img, atol=1e-4)
+    assert np.mean(lbl == want_lbl) > 0.99  # nearest neighbour: float32 ties may differ
+    # away from the border the 3D spline over the whole volume agrees too
+    inner = ((coords[0] > 6) & (coords[0] < 23) & (coords[1] > 6) & (coords[1] < 27))
+    inner = inner.reshape(patch)
+    want = ndimage.map_coordinates(image[..., 0].astype(np.float64), coords, order=order,
+                                   mode="constant").reshape(patch)
+    np.testing.assert_allclose(img[..., 0][inner], want[inner], atol=2e-3)
+    assert inner.sum() > 100
