@@ -14,6 +14,7 @@ from unet3d_base.errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp16")  # what training computes in (Keras dtype policies)
 LOSSES = ("dice", "dice_ce")
+MONITORS = ("val_dice_mean", "val_dice_wt", "val_dice_tc", "val_dice_et")
 VOLUME_PATCH_SIZE = (128, 128, 128)  # the paper's
 SLICE_PATCH_SIZE = (192, 192)  # a 2D network's default: most of a cropped BraTS slice
 
@@ -65,6 +66,10 @@ class Recipe:
             modalities, another output mode).
         freeze_encoder_epochs: int, default 0. With ``init_from``, train only
             the decoder for this many epochs, then everything.
+        monitor: str, default "val_dice_mean". The validation metric that picks
+            ``best.keras`` (higher is better); ``val_dice_wt`` for data whose only
+            region is the whole tumour (the Kaggle LGG masks), where the empty TC and
+            ET would only add noise to the mean.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -93,6 +98,7 @@ class Recipe:
     synthetic_shape: tuple[int, int, int] = (96, 96, 80)
     init_from: str | None = None
     freeze_encoder_epochs: int = 0
+    monitor: str = "val_dice_mean"
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "steps_per_epoch", "batch_size", "folds",
@@ -127,6 +133,7 @@ class Recipe:
                               "learning_rate")
         choice(self, "precision", PRECISIONS)
         choice(self, "loss", LOSSES)
+        choice(self, "monitor", MONITORS)
         choice(self, "normalization", NORMALIZATIONS)
         if self.augment_strength < 0:
             raise InputError(f"augment_strength must be >= 0, got {self.augment_strength}")

@@ -28,7 +28,7 @@ def run_callbacks(config: TrainConfig, write_dir: Path, state: dict[str, Any], r
     tensorboard_dir = write_dir / "tensorboard"
     checkpoint = RunCheckpoint(write_dir, best_score=state.get("best_score") or float("-inf"),
                                config=config.recipe_dict(),
-                               monitor="val_dice_mean" if val_data else None)
+                               monitor=config.monitor if val_data else None)
     checkpoint.best_epoch = state.get("best_epoch")
     image = []
     if val_data is not None:
