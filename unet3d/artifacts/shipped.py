@@ -21,7 +21,7 @@ from unet3d_base.errors import InputError
 # the checkout's models/ (an editable install, or running from the repository);
 # a wheel installed elsewhere finds them through UNET3D_MODELS
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
-DEFAULT_NAME = "brats_unet3d_b8_128_all23"
+DEFAULT_NAME = "brats_unet3d_cv5"
 
 
 def models_dir() -> Path:

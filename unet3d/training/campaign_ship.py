@@ -108,6 +108,7 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
             f"{summary[f'Dice_{r}']['mean']:.3f}" for r in regions) + " | " + " | ".join(
             f"{summary[f'HD95_{r}']['mean']:.1f}" for r in regions) + " |")
     lines += peer_lines(campaign, overall, cases, regions)
+    lines += choice_lines(campaign)
     lines += ["## Post-processing", "", f"{oof['plan']}: chosen on the {cases} out-of-fold "
               "cases, stored in the model file, applied by `predict.py`.", ""]
     lines += training_lines(status, campaign)
@@ -144,6 +145,22 @@ def peer_lines(campaign: dict[str, Any], overall: dict[str, Any], cases: int,
             "model, they do not rank it."), ""]
 
 
+def choice_lines(campaign: dict[str, Any]) -> list[str]:
+    """Why this recipe and why this model: the campaign file's ``recipe_choice`` and
+    ``shipped_choice`` texts, and where the study's table is."""
+    lines = []
+    results = campaign["_file"].parent / "results.md"
+    if campaign.get("recipe_choice"):
+        lines += ["## Recipe", "", campaign["recipe_choice"], ""]
+        if results.is_file():
+            where = _relative(results, campaign["_models"].parent.parent)
+            lines += [f"The study's table, with the spread across folds: [{where}](../{where}).",
+                      ""]
+    if campaign.get("shipped_choice"):
+        lines += ["## One model, not the fold ensemble", "", campaign["shipped_choice"], ""]
+    return lines
+
+
 def _as_published(value: float | None) -> str:
     """A published figure with the digits its authors gave (two or three)."""
     if value is None:
@@ -171,6 +188,8 @@ def training_lines(status: dict[str, Any], campaign: dict[str, Any]) -> list[str
     lines += ["", f"CPU-hours, the recipe study included: {total:.1f} (user + system time of "
               "the training processes), on " + ("; ".join(machines) or "an unrecorded machine")
               + "."]
+    if campaign.get("training_note"):
+        lines += ["", campaign["training_note"]]
     if curves.is_file():
         where = _relative(curves, campaign["_models"].parent.parent)
         lines += ["", f"![validation curves of the folds](../{where})"]
