@@ -117,7 +117,11 @@ def test_default_model_segments_a_validation_case(val_case, shipped_predictions,
     assert pred.shape == seg.shape
     np.testing.assert_allclose(pred.affine, seg.affine, atol=1e-4)
     dice = whole_tumor_dice(np.asarray(pred.dataobj), np.asarray(seg.dataobj))
-    assert dice > 0.80, dice  # regression guard; the card has the evaluation
+    # a regression guard (the card has the evaluation): the shipped model trained on this
+    # case, so it must do at least about as well as the fold model that never saw it
+    oof = json.loads((REPO_MODELS.parent / "campaigns" / "brats_cv5" / "oof.json").read_text())
+    out_of_fold = oof["cases"][val_case.name]["postprocessed"]["Dice_WT"]
+    assert dice > out_of_fold - 0.02, (dice, out_of_fold)
 
 
 def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
