@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data_generators.labels import MODALITIES
 from data_generators.layouts import find_any_cases
 from data_generators.lgg import is_lgg_root
@@ -147,13 +149,19 @@ def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
         folds = campaign["study"]["folds"]
         sched = campaign["study"].get("schedule", {})
         lines += ["## Recipe study", "",
-                  f"Each arm on folds {', '.join(map(str, folds))}, "
-                  f"{sched.get('epochs', '?')} x {sched.get('steps_per_epoch', '?')} steps "
-                  "from scratch; whole-volume Dice of the fold's validation cases (best "
-                  "epoch), mean over folds; spread: max - min of the folds' mean Dice.", "",
-                  "| arm | overrides | " + " | ".join(regions) + " | mean | spread | CPU-h "
-                  "per fold | mean Dice per CPU-h of one fold |",
-                  "|---|---|" + "---|" * (len(regions) + 4)]
+                  f"Each arm on folds {', '.join(map(str, folds))}; "
+                  f"{sched.get('epochs', '?')} epochs of {sched.get('steps_per_epoch', '?')} "
+                  "steps from scratch; whole-volume Dice of the fold's validation cases (best "
+                  "epoch), mean over folds; spread: max - min of the folds' mean Dice.", ""]
+        common = {arm.get("common_cases") for arm in study.values()} - {None}
+        if common and any(len(arm["folds"]) for arm in study.values()):
+            lines += ["Where arms were scored on different cases (a channel some lack), "
+                      f"'common' is each arm's mean Dice on the {max(common)} cases every "
+                      "arm was scored on.", ""]
+        extra = " common |" if common else ""
+        lines += ["| arm | overrides | " + " | ".join(regions) + " | mean | spread | CPU-h "
+                  "per fold | mean Dice per CPU-h of one fold |" + extra,
+                  "|---|---|" + "---|" * (len(regions) + 4 + bool(common))]
         for name, arm in study.items():
             m = arm["mean"]
             spread = f"{arm['spread']:.3f}" if arm.get("spread") is not None else "1 fold"
@@ -162,7 +170,9 @@ def results_markdown(campaign: dict[str, Any], runs_dir: Path) -> str:
                          + "".join(f"{m[r]:.3f} | " for r in regions)
                          + f"{m['mean']:.3f} | {spread} | "
                          f"{arm.get('cpu_hours_per_fold', arm['cpu_hours']):.2f} "
-                         f"| {arm['dice_per_cpu_hour']:.2f} |")
+                         f"| {arm['dice_per_cpu_hour']:.2f} |"
+                         + (f" {np.mean(list(arm['mean_common'].values())):.3f} |"
+                            if common and arm.get("mean_common") else " - |" if common else ""))
         lines.append("")
     fold_runs = [r for r in runs if r.startswith("folds/")]
     if fold_runs:
