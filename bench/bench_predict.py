@@ -16,11 +16,13 @@ Usage:
 ``--ensemble K`` adds, for each configuration, a K-model fold ensemble (a folder of
 ``fold_<k>.keras``, as ``predict.py --model FOLDER`` takes it) beside the single model.
 
-``--stages`` profiles memory instead: one fp32 pass through the stages of
-``predict.py`` (load onto the model's grid, crop and normalise, network and
+``--stages [--precision fp32|bf16]`` profiles memory instead: a pass through the stages
+of ``predict.py`` (load onto the model's grid, crop and normalise, network and
 post-processing, back onto the input's grid, write), the process's peak resident
-memory within each stage (Linux: ``VmHWM``, reset before each stage) and what it holds
-after it.
+memory within each stage (Linux: ``VmHWM``, reset before each stage), what it holds
+after it, and the stage's wall and CPU seconds; once without inference's memory saving
+(``UNET3D_MEMORY_SAVING=0``, before) and once with it (after), each in its own process,
+side by side with their ratios, and whether the two wrote the same labels.
 """
 
 from __future__ import annotations
@@ -87,9 +89,13 @@ def stages_worker(args: argparse.Namespace) -> None:
     from data_generators.labels import classes_to_labels
     from data_generators.layouts import layout_of
     from unet3d.artifacts import load_artifact
+    from unet3d.inference.allocators import return_freed_heap_tops
     from unet3d.inference.pipeline import PredictSettings, crop_for_model, segment_cropped
+    from unet3d.models.forward import memory_saving
 
-    model = load_artifact(args.model, precision="fp32")
+    model = load_artifact(args.model, precision=args.precision)
+    if memory_saving():  # as predict_case does before it loads a case
+        return_freed_heap_tops()
     settings = PredictSettings(overwrite=True, max_memory_gb=8.0)
     layout = layout_of(args.case)
     case = layout.find_case(Path(args.case), model.modalities)
@@ -97,10 +103,10 @@ def stages_worker(args: argparse.Namespace) -> None:
 
     def stage(name, fn):
         Path("/proc/self/clear_refs").write_text("5")  # peak RSS from here
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = fn()
-        rows.append((name, time.perf_counter() - start, _memory_kb("VmHWM") / 2**20,
-                     _memory_kb("VmRSS") / 2**20))
+        rows.append((name, time.perf_counter() - start, time.process_time() - cpu,
+                     _memory_kb("VmHWM") / 2**20, _memory_kb("VmRSS") / 2**20))
         return result
 
     stage("model loaded", lambda: None)
@@ -128,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ensemble", type=int, default=1, metavar="K",
                         help="also time a K-model fold ensemble in each configuration")
     parser.add_argument("--stages", action="store_true",
-                        help="profile each stage's peak memory (fp32) instead")
+                        help="profile each stage's peak memory instead, without and with "
+                             "inference's memory saving")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="--stages: the precision profiled")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--tta", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -206,19 +214,51 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_stages(args: argparse.Namespace, model_path: Path, tmp: Path) -> int:
-    cmd = [sys.executable, __file__, "--worker", "--stages", "--model", str(model_path),
-           "--case", args.case, "--out", str(tmp / "out")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        print(f"stages: failed\n{proc.stderr[-2000:]}")
-        return 1
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"fp32, mode {result['mode']}: peak resident memory within each stage, and what "
-          "the process holds after it")
-    print(f"{'stage':30} {'seconds':>8} {'peak GB':>8} {'after GB':>9}")
-    for name, seconds, peak, after in result["stages"]:
-        print(f"{name:30} {seconds:8.2f} {peak:8.2f} {after:9.2f}")
-    return 0
+    """Runs :func:`stages_worker` without the memory saving (``UNET3D_MEMORY_SAVING=0``)
+    and with it, each in its own process, and prints them side by side."""
+    results = {}
+    for saving in ("0", "1"):
+        cmd = [sys.executable, __file__, "--worker", "--stages", "--model", str(model_path),
+               "--case", args.case, "--out", str(tmp / f"out{saving}"),
+               "--precision", args.precision]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, "UNET3D_MEMORY_SAVING": saving})
+        if proc.returncode:
+            print(f"stages (UNET3D_MEMORY_SAVING={saving}): failed\n{proc.stderr[-2000:]}")
+            return 1
+        results[saving] = json.loads(proc.stdout.strip().splitlines()[-1])
+    before, after = results["0"], results["1"]
+    print(f"{args.precision}, mode {after['mode']}: before = UNET3D_MEMORY_SAVING=0, after = "
+          "the memory saving (default); peak resident memory within each stage, what the "
+          "process holds after it, wall and CPU seconds")
+    print(f"{'stage':28} {'peak GB before':>14} {'after':>6} {'ratio':>6} "
+          f"{'held GB before':>15} {'after':>6} {'wall s before':>14} {'after':>6} "
+          f"{'ratio':>6} {'cpu s before':>13} {'after':>6} {'ratio':>6}")
+    for old, new in zip(before["stages"], after["stages"], strict=True):
+        name, wall0, cpu0, peak0, held0 = old
+        _, wall1, cpu1, peak1, held1 = new
+        print(f"{name:28} {peak0:14.2f} {peak1:6.2f} {_ratio(peak1, peak0)} "
+              f"{held0:15.2f} {held1:6.2f} {wall0:14.2f} {wall1:6.2f} {_ratio(wall1, wall0)} "
+              f"{cpu0:13.2f} {cpu1:6.2f} {_ratio(cpu1, cpu0)}")
+    peaks = [max(row[3] for row in r["stages"]) for r in (before, after)]
+    walls = [sum(row[1] for row in r["stages"]) for r in (before, after)]
+    cpus = [sum(row[2] for row in r["stages"]) for r in (before, after)]
+    same = np.array_equal(_written_labels(tmp / "out0"), _written_labels(tmp / "out1"))
+    print(f"{'process':28} {peaks[0]:14.2f} {peaks[1]:6.2f} {_ratio(*peaks[::-1])} "
+          f"{'':15} {'':6} {walls[0]:14.2f} {walls[1]:6.2f} {_ratio(*walls[::-1])} "
+          f"{cpus[0]:13.2f} {cpus[1]:6.2f} {_ratio(*cpus[::-1])}")
+    print(f"labels written before and after: {'identical' if same else 'DIFFERENT'}")
+    return 0 if same else 1
+
+
+def _ratio(new: float, old: float) -> str:
+    return f"{new / old:6.2f}" if old > 0 else f"{'-':>6}"
+
+
+def _written_labels(out: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asanyarray(nib.load(next(out.glob("*.nii.gz"))).dataobj)
 
 
 if __name__ == "__main__":

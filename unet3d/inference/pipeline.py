@@ -23,8 +23,10 @@ from data_generators.preprocessing import preprocess_case, uncrop
 from unet3d.artifacts import Artifact
 from unet3d.evaluation.flags import uncertain_fraction
 from unet3d.evaluation.scores import dice
+from unet3d.inference.allocators import return_freed_heap_tops
 from unet3d.inference.predictor import WindowPredictor
 from unet3d.inference.report import preview_montage, region_mesh, region_volumes, write_mesh
+from unet3d.models.forward import memory_saving
 from unet3d.postprocessing import PostProcessing
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_write_text
@@ -230,6 +232,8 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
     # outputs of a case without them were left by an interrupted run, and are replaced
     if is_complete(paths) and not settings.overwrite:
         raise InputError(f"{paths['segmentation']}: exists; pass --overwrite to replace it")
+    if memory_saving():  # the loader's threads free their read buffers for good
+        return_freed_heap_tops()
     image, truth, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
     truth = truth if layout.own_masks else None  # a BraTS folder's is scored by --gt
     # only the preview needs the raw scan

@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 from scipy import ndimage
 
 from unet3d.memory import available_bytes, check_fits, inference_bytes
-from unet3d.models.forward import PredictFn
+from unet3d.models.forward import ALIGN_BYTES, PredictFn
 
 
 @functools.lru_cache(maxsize=8)
@@ -62,24 +63,38 @@ def sliding_window_steps(image_size: tuple[int, ...], patch_size: tuple[int, ...
     return tuple(steps)
 
 
+def aligned_zeros(shape: Sequence[int], dtype: DTypeLike) -> np.ndarray:
+    """Zeros of ``shape`` in a buffer that starts on a :data:`ALIGN_BYTES` boundary.
+
+    NumPy aligns its buffers to 16 bytes; a float32 batch aligned to 64 is handed to
+    TensorFlow without a copy (:func:`unet3d.models.forward.keras_predict_fn`).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = np.zeros(nbytes + ALIGN_BYTES, dtype=np.uint8)  # fresh zero pages, not written
+    start = -raw.ctypes.data % ALIGN_BYTES
+    return raw[start:start + nbytes].view(dtype).reshape(tuple(shape))
+
+
 def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int | Sequence[int] = 1
            ) -> tuple[np.ndarray, tuple[slice, ...]]:
     """Zero-pads the spatial axes of `(X, Y, Z, C)` to at least ``shape`` and a multiple
     (one for all axes, or one per axis).
 
-    Padding is split evenly before and after. Returns the padded array and
-    the slices that cut the original back out.
+    Padding is split evenly before and after. Returns the padded array (a new one,
+    :func:`aligned_zeros`) and the slices that cut the original back out.
     """
     multiples = (multiple,) * 3 if isinstance(multiple, int) else tuple(multiple)
-    pads, region = [], []
+    sizes, region = [], []
     for size, minimum, step in zip(image.shape[:3], shape, multiples, strict=True):
         target = max(size, minimum)
         target += -target % step
         before = (target - size) // 2
-        pads.append((before, target - size - before))
+        sizes.append(target)
         region.append(slice(before, before + size))
-    pads.extend([(0, 0)] * (image.ndim - 3))
-    return np.pad(image, pads), tuple(region)
+    padded = aligned_zeros((*sizes, *image.shape[3:]), image.dtype)
+    padded[tuple(region)] = image
+    return padded, tuple(region)
 
 
 def predict_whole(predict_fn: PredictFn, image: np.ndarray,

@@ -8,12 +8,17 @@ runs either through the same code.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
+
+# TensorFlow's CPU kernels (Eigen, AVX-512) read buffers aligned to this in place
+ALIGN_BYTES = 64
 
 
 def eager_predict_fn(model) -> PredictFn:
@@ -61,7 +66,11 @@ def keras_predict_fn(model) -> PredictFn:
 def _tensorflow_predict_fn(model) -> PredictFn:
     import tensorflow as tf
 
-    forward = tf.function(lambda x: model(x, training=False), autograph=False)
+    from unet3d.models.lean import lean_forward
+
+    plain = tf.function(lambda x: model(x, training=False), autograph=False)
+    lean = lean_forward(model) if memory_saving() else None
+    forward = tf.function(lean, autograph=False) if lean else plain
     graphs: dict[tuple[int, int, int], Callable] = {}
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -69,12 +78,34 @@ def _tensorflow_predict_fn(model) -> PredictFn:
         graph = graphs.get(key)
         if graph is None:  # open spatial sizes: one graph serves every volume (or slice)
             spec = tf.TensorSpec((key[0],) + (None,) * (batch.ndim - 2) + (key[1],), tf.float32)
-            graph = graphs[key] = forward.get_concrete_function(spec)
-        out = graph(tf.convert_to_tensor(batch, dtype=tf.float32))
+            try:
+                graph = forward.get_concrete_function(spec)
+            except Exception as err:  # the lean pass leans on Keras internals: fail safe
+                if forward is plain:
+                    raise
+                warnings.warn(f"the memory-saving forward pass failed to build ({err!r}); "
+                              "running the plain one", RuntimeWarning, stacklevel=2)
+                graph = plain.get_concrete_function(spec)
+            graphs[key] = graph
+        out = graph(_tensorflow_input(batch))
         return out.numpy().astype(np.float32, copy=False)
 
-    run.tracing_count = forward.experimental_get_tracing_count
+    functions = (plain,) if forward is plain else (plain, forward)
+    run.tracing_count = lambda: sum(f.experimental_get_tracing_count() for f in functions)
     return run
+
+
+def _tensorflow_input(batch: np.ndarray):
+    """``batch`` as a TensorFlow tensor: its own buffer, shared through DLPack, where
+    TensorFlow's kernels can read it in place (float32, C-contiguous, writable, aligned to
+    :data:`ALIGN_BYTES`, as :func:`unet3d.inference.predictor.pad_to` makes it), else a copy.
+    Shared, the input is held once during the pass instead of twice."""
+    import tensorflow as tf
+
+    if (memory_saving() and batch.dtype == np.float32 and batch.flags.c_contiguous
+            and batch.flags.writeable and batch.ctypes.data % ALIGN_BYTES == 0):
+        return tf.experimental.dlpack.from_dlpack(batch.__dlpack__())
+    return tf.convert_to_tensor(batch, dtype=tf.float32)
 
 
 def _jax_predict_fn(model) -> PredictFn:
@@ -91,3 +122,10 @@ def _jax_predict_fn(model) -> PredictFn:
         return np.asarray(forward(trainable, non_trainable, batch), dtype=np.float32)
 
     return run
+
+
+def memory_saving() -> bool:
+    """Whether inference saves memory (:func:`unet3d.models.lean.lean_forward`, the input
+    shared with TensorFlow, :func:`unet3d.inference.allocators.return_freed_heap_tops`);
+    ``UNET3D_MEMORY_SAVING=0`` turns it off, to compare."""
+    return os.environ.get("UNET3D_MEMORY_SAVING", "1") != "0"
