@@ -8,7 +8,9 @@ untrained; or ``--model`` FILE.keras) per window of batch 1, in one run:
   :func:`unet3d.models.forward.keras_predict_fn`), Keras bf16 (what
   ``--precision auto`` picks on a CPU with avx512_bf16) and, with ``--litert``,
   the LiteRT int8 file of :func:`unet3d.export.export_litert` (exported on the
-  calibration patches below; minutes) or ``--litert-file``, an existing one;
+  calibration patches below; minutes) or ``--litert-file``, an existing one
+  (repeat it to time several files in the same run, e.g. before and after a
+  change to the lowering: rows ``litert_int8``, ``litert_int8_2``, ...);
 * OpenVINO fp32 (IR from the Keras SavedModel, or ``--ov-source onnx``), bf16
   (the same IR, ``INFERENCE_PRECISION_HINT`` bf16) and int8 (NNCF post-training
   quantization);
@@ -30,9 +32,14 @@ reading the window from an ``.npz`` and writing its output back; peak memory fro
 ``os.wait4``. Rows alternate for ``--rounds`` rounds; a row's time is the median
 of its timed calls (after a first, untimed one).
 
+``--profile`` then prints, for each LiteRT file, where its time goes operator by
+operator (:func:`unet3d.export.profile.profile_ops`: each operator timed alone,
+process CPU time, ``--profile-threads``), by op type and the slowest operators.
+
 Usage:
     python bench/bench_runtimes.py [--model FILE.keras] [--reps 3] [--rounds 2]
-        [--litert | --litert-file FILE.tflite] [--engines keras_fp32,ov_fp32,...] [--quick]
+        [--litert | --litert-file FILE.tflite ...] [--engines keras_fp32,ov_fp32,...] [--quick]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -159,7 +166,7 @@ def convert_all(args, peer: Path, model: Path, inputs: Path, rows: list[str], tm
             cmd = [str(peer), str(PEERS / "runtimes_convert.py"), "--target", target,
                    "--model", str(model), "--out", str(tmp / "converted"), "--calibration",
                    str(inputs), "--source", args.ov_source, "--window", str(args.window)]
-        if (target == "litert" and args.litert_file) or (
+        if (target == "litert" and args.litert_files) or (
                 args.work and (tmp / output_of(target, args.ov_source)).exists()):
             continue  # given, or kept from an earlier run (--work)
         before = {"ov": args.ov_source, "ov_int8": "ov", "ort_int8": "onnx"}.get(target)
@@ -176,11 +183,43 @@ def convert_all(args, peer: Path, model: Path, inputs: Path, rows: list[str], tm
     return failed
 
 
+def litert_rows(files: list[str]) -> list[str]:
+    """One row per given LiteRT file (``litert_int8``, ``litert_int8_2``, ...), labelled by
+    the file's name; at least ``litert_int8`` (the exported file when none is given)."""
+    rows = ["litert_int8" if k == 0 else f"litert_int8_{k + 1}" for k in range(len(files))]
+    for row, file in zip(rows, files, strict=True):
+        ENGINES[row] = ("ours", "litert", "fp32", f"LiteRT int8 ({Path(file).name})"[:32])
+        NEEDS[row] = ["litert"]
+    return rows or ["litert_int8"]
+
+
+def litert_path(args, row: str, tmp: Path) -> Path:
+    """The ``.tflite`` a LiteRT row runs: the given file of that row, else the exported one."""
+    if not args.litert_files:
+        return tmp / "litert_int8.tflite"
+    index = 0 if row == "litert_int8" else int(row.rsplit("_", 1)[1]) - 1
+    return Path(args.litert_files[index])
+
+
+def print_profiles(args, rows: list[str], tmp: Path) -> None:
+    """Each LiteRT row's file, operator by operator (:mod:`unet3d.export.profile`)."""
+    from unet3d.export.profile import format_profile, profile_ops
+
+    for row in rows:
+        if ENGINES[row][1] != "litert":
+            continue
+        path = litert_path(args, row, tmp)
+        print(f"\nprofile of {path} ({args.profile_threads} thread(s), CPU time, each "
+              f"operator alone, median of {args.reps}):", flush=True)
+        profile = profile_ops(path, threads=args.profile_threads, reps=args.reps)
+        print(format_profile(profile, top=12, slowest=args.profile_slowest), flush=True)
+
+
 def engine_cmd(args, row: str, peer: Path, model: Path, inputs: Path, tmp: Path) -> list[str]:
     side, engine, precision, _ = ENGINES[row]
     out = ["--inputs", str(inputs), "--out", str(tmp / f"{row}.npy"), "--reps", str(args.reps)]
     if side == "ours":
-        path = model if engine == "keras" else args.litert_file or tmp / "litert_int8.tflite"
+        path = model if engine == "keras" else litert_path(args, row, tmp)
         return [sys.executable, str(PEERS / "ours_window.py"), "--model", str(path),
                 "--precision", precision, "--threads", str(args.threads), *out]
     file = output_of(NEEDS[row][-1], args.ov_source)
@@ -213,11 +252,20 @@ def agreement(reference: np.ndarray, out: np.ndarray) -> tuple[float, float]:
     return float(dice), float(np.abs(reference - out).max())
 
 
+def cpu_median(runs: list) -> float | None:
+    """Median process CPU seconds (all threads) per timed call, where the row reports it
+    (this project's rows; the peers report wall time only)."""
+    cpu = [t for r, _ in runs for t in r.get("cpu_times", [])]
+    return statistics.median(cpu) if cpu else None
+
+
 def report(rows: list[str], results: dict, tmp: Path) -> None:
     base = statistics.median(t for r, _ in results["keras_fp32"] for t in r["times"])
     reference = np.load(tmp / "keras_fp32.npy")
+    cpu_base = cpu_median(results["keras_fp32"])
     print(f"\n{'row':32} {'ms/window':>10} {'vs Keras fp32':>13} {'first call':>10} "
-          f"{'load':>7} {'peak GB':>8} {'WT Dice':>8} {'max |dp|':>9}")
+          f"{'load':>7} {'peak GB':>8} {'WT Dice':>8} {'max |dp|':>9} {'CPU ms':>7} "
+          f"{'CPU vs Keras':>12}")
     for row in rows:
         if row not in results:
             continue
@@ -226,12 +274,16 @@ def report(rows: list[str], results: dict, tmp: Path) -> None:
         first = statistics.median(r["first_s"] for r, _ in runs)
         load = statistics.median(r["load_s"] for r, _ in runs)
         dice, diff = agreement(reference, np.load(tmp / f"{row}.npy"))
+        cpu = cpu_median(runs)
+        cpu_cols = (f" {1000 * cpu:7.0f} {cpu_base / cpu:11.2f}x" if cpu and cpu_base
+                    else "")
         print(f"{ENGINES[row][3]:32} {1000 * median:10.0f} {base / median:12.2f}x "
               f"{first:9.2f}s {load:6.2f}s {max(p for _, p in runs):8.2f} {dice:8.4f} "
-              f"{diff:9.2e}")
+              f"{diff:9.2e}{cpu_cols}")
     fraction = float((reference[..., 0] > 0.5).mean())
     print(f"(ratio > 1: faster than Keras fp32; Keras fp32's WT on the window: "
-          f"{100 * fraction:.1f}% of its voxels)")
+          f"{100 * fraction:.1f}% of its voxels; CPU ms: process CPU time of all threads, "
+          f"steadier than wall time beside other jobs)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-patches", type=int, default=4)
     parser.add_argument("--engines", default=DEFAULT_ENGINES, help=f"of {', '.join(ENGINES)}")
     parser.add_argument("--litert", action="store_true", help="add LiteRT int8 (exported)")
-    parser.add_argument("--litert-file", help="an int8 .tflite of the same model and window "
+    parser.add_argument("--litert-file", dest="litert_files", action="append", default=[],
+                        help="an int8 .tflite of the same model and window "
                         "(e.g. a shipped one): the LiteRT row without exporting")
     parser.add_argument("--ov-source", choices=("savedmodel", "onnx"), default="savedmodel")
     parser.add_argument("--reps", type=int, default=3)
@@ -253,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer-venv", default=str(PEER_VENV))
     parser.add_argument("--work", help="keep the model, inputs and conversions in this folder "
                         "and reuse those there (same --model, --window, --calibration-patches)")
+    parser.add_argument("--profile", action="store_true",
+                        help="then profile each LiteRT file operator by operator")
+    parser.add_argument("--profile-threads", type=int, default=1)
+    parser.add_argument("--profile-slowest", type=int, default=8,
+                        help="single operators to list per profile")
     args = parser.parse_args(argv)
     from unet3d.env import apply_defaults, describe_cpu
 
@@ -260,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.reps, args.calibration_patches = 1, 1, 2
     rows = list(dict.fromkeys(["keras_fp32"] + args.engines.split(",")
-                              + (["litert_int8"] if args.litert or args.litert_file else [])))
+                              + (litert_rows(args.litert_files)
+                                 if args.litert or args.litert_files else [])))
     if unknown := [r for r in rows if r not in ENGINES]:
         parser.error(f"unknown --engines {unknown}")
     peer = ensure_peer(Path(args.peer_venv))
@@ -275,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = [r for r in rows if not any(t in failed for t in needs(r, args.ov_source))]
         results = measure(args, rows, [peer, model, inputs, tmp], failed)
         report(rows, results, tmp)
+        if args.profile:
+            print_profiles(args, rows, tmp)
         for name, why in failed.items():
             print(f"failed: {name}: {why}")
     return 0

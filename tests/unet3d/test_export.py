@@ -28,7 +28,7 @@ WINDOW = (8, 16, 8)
 ALLOWED_OPS = {
     "CONV_2D", "ADD", "MUL", "SUB", "MEAN", "SUM", "RSQRT", "SQRT", "LEAKY_RELU",
     "CONCATENATION", "RESHAPE", "STRIDED_SLICE", "SLICE", "PAD", "RESIZE_NEAREST_NEIGHBOR",
-    "TILE", "LOGISTIC", "SOFTMAX", "QUANTIZE", "DEQUANTIZE",
+    "TILE", "LOGISTIC", "SOFTMAX", "QUANTIZE", "DEQUANTIZE", "DEPTH_TO_SPACE",
 }
 
 
@@ -197,3 +197,17 @@ def test_tflite_fp32_matches_the_exact_function_at_a_full_window(tmp_path):
                   config=TrainConfig(model=config).to_dict())
     got = LiteRTModel(out, threads=2).predict_fn(x)
     assert _rel_err(reference, got) <= 1e-4
+
+
+def test_profile_times_every_operator(tiny_models, tmp_path):
+    from unet3d.export.profile import by_type, format_profile, profile_ops
+
+    out = tmp_path / "m.tflite"
+    export_litert(tiny_models["regions"], out, "fp32", window=WINDOW,
+                  calibration=[_random((1, *WINDOW, 4))])
+    profile = profile_ops(out, threads=1, reps=1)
+    ops = op_names(out)
+    assert [row["index"] for row in profile["ops"]] == list(range(sum(ops.values())))
+    assert {name: n for name, n, _, _ in by_type(profile)} == ops
+    assert all(row["ms"] >= 0 for row in profile["ops"]) and profile["graph_ms"] > 0
+    assert len(format_profile(profile, top=3, slowest=2).splitlines()) == 1 + 3 + 2

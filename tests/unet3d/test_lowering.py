@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from unet3d.export import check_window, lower_layer, lower_model
+from unet3d.export.ops import conv3d_as_conv2d, upsample_conv3d, upsample_conv_kernels
 from unet3d_base.errors import InputError
 
 WINDOW = (8, 16, 8)
@@ -60,6 +61,60 @@ def test_conv3d_padding_edges_are_zero_padded():
     np.testing.assert_allclose(got[0, :-1], x[0, 1:], atol=1e-6)
     np.testing.assert_allclose(got[0, -1], 0.0, atol=1e-6)
     np.testing.assert_allclose(got, layer(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("split", [None, 1])
+def test_conv3d_split_into_depth_taps_matches_keras(split):
+    # split_channels=1: every stride-1 3x3x3 conv is three CONV_2D summed, one per depth tap
+    x = _random((1, 5, 6, 7, 4), seed=11)
+    layer = keras.layers.Conv3D(3, 3, padding="same", bias_initializer="random_normal")
+    expected = layer(x).numpy()
+    kernel, bias = layer.get_weights()
+    fn = tf.function(lambda t: conv3d_as_conv2d(t, kernel, bias, 1, split_channels=split))
+    got = fn(tf.constant(x[0])).numpy()[None]
+    assert _rel_err(expected, got) < 1e-5
+    convs = [op for op in fn.get_concrete_function(tf.constant(x[0])).graph.get_operations()
+             if op.type == "Conv2D"]
+    assert len(convs) == (1 if split is None else 3)
+
+
+def test_upsample_conv_kernels_sum_the_taps_each_phase_reads():
+    # worked out by hand, per axis: fine phase 0 reads coarse taps (i-1, i) with the
+    # 3-tap kernel's weights (k0, k1 + k2); phase 1 reads (i, i+1) with (k0 + k1, k2)
+    kernel = np.zeros((3, 3, 3, 1, 1), np.float32)
+    kernel[:, 1, 1, 0, 0] = [1.0, 10.0, 100.0]  # depth taps only, at the centre of h and w
+    even, odd = upsample_conv_kernels(kernel)
+    assert even.shape == odd.shape == (2, 2, 2, 4)
+    # output group (a, b) = (1, 1) holds height and width phase 0, whose taps u = v = 1
+    # (the coarse voxel itself) carry the centre
+    np.testing.assert_array_equal(even[1, 1, :, 3], [1.0, 110.0])  # depth taps d-1, d
+    np.testing.assert_array_equal(odd[1, 1, :, 3], [11.0, 100.0])  # depth taps d, d+1
+    assert even[0, :, :, 3].sum() == even[:, 0, :, 3].sum() == 0
+
+
+def test_upsample_conv3d_reads_the_nearest_coarse_voxel():
+    # a kernel that only reads offset (-1, -1, -1): fine voxel z gets coarse (z - 1) // 2
+    # on every axis, and zero where z - 1 < 0
+    x = _random((3, 4, 5, 2), seed=12)
+    kernel = np.zeros((3, 3, 3, 2, 2), np.float32)
+    kernel[0, 0, 0] = np.eye(2)
+    got = tf.function(lambda t: upsample_conv3d(t, kernel, None))(tf.constant(x)).numpy()
+    padded = np.pad(x, [(1, 0), (1, 0), (1, 0), (0, 0)])
+    idx = [np.arange(2 * n) // 2 + (np.arange(2 * n) % 2) for n in x.shape[:3]]
+    expected = padded[np.ix_(*idx)]  # padded[(z + 1) // 2] = x[(z - 1) // 2], 0 at z = 0
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (4, 4, 4), (1, 2, 3)])
+def test_upsample_conv3d_matches_keras(shape):
+    x = _random((1, *shape, 3), seed=13)
+    up = keras.layers.UpSampling3D(size=2)
+    conv = keras.layers.Conv3D(5, 3, padding="same", bias_initializer="random_normal")
+    expected = conv(up(x)).numpy()
+    kernel, bias = conv.get_weights()
+    got = upsample_conv3d(tf.constant(x[0]), kernel, bias).numpy()[None]
+    assert got.shape == expected.shape
+    assert _rel_err(expected, got) < 1e-5
 
 
 @pytest.mark.parametrize("shape", [(5, 7, 9), (4, 4, 4)])
@@ -133,8 +188,37 @@ def test_lowered_graph_matches_keras(tiny_models, mode):
     expected = model(x, training=False).numpy()
     assert got.shape == expected.shape == (1, *WINDOW, 3 if mode == "regions" else 4)
     assert _rel_err(expected, got) <= 1e-4
-    op_types = {op.type for op in lowered.graph.get_operations()}
+    op_types = [op.type for op in lowered.graph.get_operations()]
     assert not any("3D" in t for t in op_types), op_types
+    # each decoder level's UpSampling3D + Conv3D is one sub-pixel convolution (two depth
+    # phases); only the deep-supervision logits are still resized
+    assert op_types.count("DepthToSpace") == 2 * (3 - 1)
+    assert op_types.count("ResizeNearestNeighbor") == 1
+
+
+def test_lowered_graph_with_split_taps_matches_keras():
+    """From SPLIT_TAPS_CHANNELS input channels on, a stride-1 3x3x3 conv is three CONV_2D
+    summed: a network wide enough for that (16, 32, 64 filters) still equals Keras."""
+    from unet3d.config import ModelConfig
+    from unet3d.export.ops import SPLIT_TAPS_CHANNELS
+    from unet3d.models.unet import build_unet3d
+
+    keras.utils.set_random_seed(8)
+    model = build_unet3d(ModelConfig(base_filters=16, depth=3))
+    x = _random((1, *WINDOW, 4), seed=9)
+    lowered = lower_model(model, WINDOW)
+    expected = model(x, training=False).numpy()
+    assert _rel_err(expected, lowered(tf.constant(x)).numpy()) <= 1e-4
+    conv3d = [layer for layer in model.layers if type(layer).__name__ == "Conv3D"]
+    after_upsampling = [layer for layer in conv3d if type(
+        layer.input._keras_history.operation).__name__ == "UpSampling3D"]
+    split = [layer for layer in conv3d if layer not in after_upsampling
+             and layer.kernel_size == (3, 3, 3) and layer.strides == (1, 1, 1)
+             and layer.input.shape[-1] >= SPLIT_TAPS_CHANNELS]
+    assert split and after_upsampling  # the test means something
+    convs = sum(op.type == "Conv2D" for op in lowered.graph.get_operations())
+    # three per split conv, one per other conv, a second depth phase per sub-pixel conv
+    assert convs == 3 * len(split) + (len(conv3d) - len(split)) + len(after_upsampling)
 
 
 def test_window_validation():

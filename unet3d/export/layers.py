@@ -33,19 +33,29 @@ def _check_spatial(layer, values: Sequence[int]) -> None:
                          f"got {tuple(values)}")
 
 
-def _conv3d(layer, config: dict[str, Any]) -> Lowered:
+def conv3d_parts(layer, config: dict[str, Any] | None = None) -> tuple[Array, Array | None, int]:
+    """A ``Conv3D`` layer's float32 kernel `(kd, kh, kw, Cin, Cout)`, bias (or None) and stride.
+
+    Raises:
+        InputError: settings that have no lowering (padding other than 'same',
+            dilation, groups, unequal sizes, a fused activation).
+    """
+    config = layer.get_config() if config is None else config
     _check_spatial(layer, config["strides"])
     _check_spatial(layer, config["kernel_size"])
     if config["padding"] != "same" or tuple(config["dilation_rate"]) != (1, 1, 1) \
             or config.get("groups", 1) != 1:
         raise InputError(f"layer {layer.name}: only 'same', undilated, ungrouped Conv3D "
                          "can be exported")
-    weights = _weights(layer)
-    kernel, bias = weights[0], (weights[1] if config["use_bias"] else None)
-    stride = int(config["strides"][0])
     activation = config.get("activation", "linear")
     if activation not in ("linear", None):
         raise InputError(f"layer {layer.name}: fused activation {activation!r} unsupported")
+    weights = _weights(layer)
+    return weights[0], (weights[1] if config["use_bias"] else None), int(config["strides"][0])
+
+
+def _conv3d(layer, config: dict[str, Any]) -> Lowered:
+    kernel, bias, stride = conv3d_parts(layer, config)
     return lambda xs: conv3d_as_conv2d(xs[0], kernel, bias, stride)
 
 

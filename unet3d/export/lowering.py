@@ -10,6 +10,11 @@ built on the ops of :mod:`unet3d.export.ops` (a 3x3x3 ``Conv3D`` as one
 ``CONV_2D`` over depth-stacked slices, instance norm as three one-axis
 ``MEAN`` ops, ``UpSampling3D`` as a resize and an interleaving reshape).
 
+An ``UpSampling3D`` whose only reader is a 3x3x3 ``Conv3D`` is lowered with
+it (:func:`_fusions`) as one sub-pixel convolution at the low resolution
+(:func:`unet3d.export.ops.upsample_conv3d`: 8/27 of the multiply-adds and no
+full-resolution copy of the input).
+
 Every op is a LiteRT builtin with XNNPACK and int8 kernels: no ``CONV_3D``,
 no Flex ops, no 5D tensors inside the graph. A 2D (slice) network's tensors
 are `(1, H, W, C)`: its ``Conv2D`` and ``UpSampling2D`` map to ``CONV_2D`` and
@@ -25,12 +30,19 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from unet3d.export.layers import lower_layer
-from unet3d.export.ops import conv3d_as_conv2d, depth_taps, instance_norm, upsample2x, volume_mean
+from unet3d.export.layers import conv3d_parts, lower_layer
+from unet3d.export.ops import (
+    conv3d_as_conv2d,
+    depth_taps,
+    instance_norm,
+    upsample2x,
+    upsample_conv3d,
+    volume_mean,
+)
 from unet3d_base.errors import InputError
 
 __all__ = ["conv3d_as_conv2d", "depth_taps", "instance_norm", "lower_layer", "lower_model",
-           "upsample2x", "volume_mean"]
+           "upsample2x", "upsample_conv3d", "volume_mean"]
 
 
 # ---- the graph walk ---------------------------------------------------------
@@ -54,6 +66,29 @@ def _graph(model) -> list[tuple[object, list[int], list[int]]]:
             names = ", ".join(layer.name for layer in pending[:5])
             raise InputError(f"model {model.name}: cannot order layers ({names})")
     return order
+
+
+def _fusions(order, output_id: int) -> dict[str, object]:
+    """Replacement functions (by layer name) for layer pairs lowered together:
+    an ``UpSampling3D(size=2)`` whose output has one reader, a 3x3x3 stride-1
+    ``Conv3D``, and is not the model's output, passes its input on, and that
+    convolution becomes :func:`upsample_conv3d`."""
+    readers: dict[int, list] = {}
+    for layer, _, ins, _ in order:
+        for i in set(ins):
+            readers.setdefault(i, []).append(layer)
+    replaced: dict[str, object] = {}
+    for layer, _, _, outs in order:
+        users = readers.get(outs[0], [])
+        if type(layer).__name__ != "UpSampling3D" or len(users) != 1 \
+                or outs[0] == output_id or type(users[0]).__name__ != "Conv3D":
+            continue
+        kernel, bias, stride = conv3d_parts(users[0])
+        if kernel.shape[:3] == (3, 3, 3) and stride == 1:
+            replaced[layer.name] = lambda xs: xs[0]
+            replaced[users[0].name] = (lambda k, b: lambda xs: upsample_conv3d(
+                xs[0], k, b))(kernel, bias)
+    return replaced
 
 
 def lower_model(model, window: tuple[int, ...]) -> tf.types.experimental.ConcreteFunction:
@@ -82,6 +117,9 @@ def lower_model(model, window: tuple[int, ...]) -> tf.types.experimental.Concret
     channels = int(model.inputs[0].shape[-1])
     order = [(layer, lower_layer(layer), ins, outs) for layer, ins, outs in _graph(model)]
     input_id, output_id = id(model.inputs[0]), id(model.outputs[0])
+    if len(window) == 3:
+        fused = _fusions(order, output_id)
+        order = [(layer, fused.get(layer.name, fn), ins, outs) for layer, fn, ins, outs in order]
 
     # a volume `(1, D, H, W, C)` folds to `(D, H, W, C)`; a 2D network's slice stays 4D
     folded = [*window, channels] if len(window) == 3 else [1, *window, channels]
