@@ -18,9 +18,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from tests.conftest import REPO, require_brats
 from tests.unet3d.test_review import overlay_pixels
+from unet3d.evaluation.flags import UNCERTAIN_FRACTION
 
 CASES = ("Brats18_2013_11_1", "Brats18_CBICA_ABM_1")
 SWAPPED = {"t1": "t2", "t2": "t1", "t1ce": "flair", "flair": "t1ce"}
@@ -97,6 +99,18 @@ def folder(tmp_path_factory) -> Path:
     (cases / "Empty").mkdir()
     for path in (brats / CASES[0]).iterdir():
         (cases / "Empty" / path.name.replace(CASES[0], "Empty")).symlink_to(path)
+    # the same label map with a 5x5x5 blob at the voxel farthest from its tumour: the
+    # far component a reviewer must be shown, whatever the post-processing kept
+    labels = np.asarray(first.dataobj).copy()
+    distance = ndimage.distance_transform_edt(labels == 0)
+    inner = np.zeros(labels.shape, bool)
+    inner[5:-5, 5:-5, 5:-5] = True
+    x, y, z = np.unravel_index(np.argmax(np.where(inner, distance, 0)), labels.shape)
+    labels[x - 2:x + 3, y - 2:y + 3, z - 2:z + 3] = 2
+    nib.save(nib.Nifti1Image(labels, first.affine), out / "Far.nii.gz")
+    (cases / "Far").mkdir()
+    for path in (brats / CASES[0]).iterdir():
+        (cases / "Far" / path.name.replace(CASES[0], "Far")).symlink_to(path)
     done = subprocess.run([sys.executable, "-m", "unet3d.cli.evaluate", "--pred", str(out),
                            "--gt", str(cases), "--html", "--overwrite"], capture_output=True,
                           text=True, cwd=REPO, timeout=600)
@@ -113,18 +127,24 @@ def rows(folder: Path) -> dict[str, dict]:
 def test_flags_of_inputs_made_to_show_them(folder):
     by_case = rows(folder)
     flags = {case: [f["code"] for f in row["flags"]] for case, row in by_case.items()}
-    assert "low_confidence" in flags["Swapped"]  # the network hesitates on swapped sequences
-    assert "low_confidence" not in flags[CASES[1]]  # and not on the same scans in order
+    # the flag follows the share of uncertain voxels predict.py reported (whether the
+    # network hesitates on swapped sequences depends on the network)
+    for case in ("Swapped", CASES[1]):
+        fraction = json.loads((folder / f"{case}.json").read_text())["confidence"][
+            "uncertain_fraction"]
+        assert ("low_confidence" in flags[case]) == (fraction > UNCERTAIN_FRACTION), case
     assert "reoriented" in flags["Flipped"] and "reoriented" not in flags[CASES[1]]
     assert "resampled" in flags["Coarse"] and "resampled" not in flags["Flipped"]
     assert "2x2x2 mm" in next(f["why"] for f in by_case["Coarse"]["flags"]
                               if f["code"] == "resampled")
     assert flags["Empty"][0] == "no_tumour"
-    # the far false-positive components the shipped model leaves in this case
-    assert "far_component" in flags[CASES[0]]
+    assert "far_component" in flags["Far"]
+    assert "125 voxels" in next(f["why"] for f in by_case["Far"]["flags"]
+                                if f["code"] == "far_component")
     report = json.loads((folder / "Swapped.json").read_text())
-    assert f"{report['confidence']['uncertain_fraction']:.0%}" in next(
-        f["why"] for f in by_case["Swapped"]["flags"] if f["code"] == "low_confidence")
+    if "low_confidence" in flags["Swapped"]:
+        assert f"{report['confidence']['uncertain_fraction']:.0%}" in next(
+            f["why"] for f in by_case["Swapped"]["flags"] if f["code"] == "low_confidence")
 
 
 class _Table(HTMLParser):
@@ -158,7 +178,7 @@ def test_the_rendered_table_matches_the_json_and_sorts(folder, tmp_path):
     by_case = rows(folder)
     table = _Table()
     table.feed(browse((folder / "index.html").as_uri(), tmp_path))
-    assert len(table.rows) == len(by_case) == len(CASES) + 4
+    assert len(table.rows) == len(by_case) == len(CASES) + 5
     counts = [len(by_case[r["case"]]["flags"]) for r in table.rows]
     assert counts == sorted(counts, reverse=True)  # flagged cases first
     scores = {}

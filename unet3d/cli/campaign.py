@@ -86,7 +86,8 @@ def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str
     for region in campaign["_regions"]:
         d, h = overall[f"Dice_{region}"], overall[f"HD95_{region}"]
         log(f"  {region}: Dice mean {d['mean']:.3f} median {d['median']:.3f} worst "
-            f"{d['worst']:.3f}  HD95 mean {h['mean']:.1f} mm")
+            f"{d['worst']:.3f}  HD95 mean {h['mean']:.1f} "
+            f"{campaign.get('hd95_unit', 'mm').split(':')[0]}")
     return report
 
 
