@@ -15,6 +15,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from unet3d.models.lean import lean_forward
+
 PredictFn = Callable[[np.ndarray], np.ndarray]
 
 # TensorFlow's CPU kernels (Eigen, AVX-512) read buffers aligned to this in place
@@ -65,8 +67,6 @@ def keras_predict_fn(model) -> PredictFn:
 
 def _tensorflow_predict_fn(model) -> PredictFn:
     import tensorflow as tf
-
-    from unet3d.models.lean import lean_forward
 
     plain = tf.function(lambda x: model(x, training=False), autograph=False)
     lean = lean_forward(model) if memory_saving() else None

@@ -107,7 +107,17 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
         lines.append(f"| {fold} | {count} | " + " | ".join(
             f"{summary[f'Dice_{r}']['mean']:.3f}" for r in regions) + " | " + " | ".join(
             f"{summary[f'HD95_{r}']['mean']:.1f}" for r in regions) + " |")
+    slices = oof.get("overall_slices")
+    if slices:
+        lines += ["", f"Per slice ({regions[0]}, the slices of every patient, after "
+                  f"post-processing): mean Dice {slices['slice_dice_mean_of_cases']:.3f} over the "
+                  "slices where the mask or the prediction marks tumour (mean of the "
+                  f"patients' means); of {slices['slices']} slices, {slices['slices_with_tumour']}"
+                  f" show tumour; a slice's tumour / no-tumour call: sensitivity "
+                  f"{slices['sensitivity']:.3f}, specificity {slices['specificity']:.3f}."]
     lines += peer_lines(campaign, overall, cases, regions)
+    if campaign.get("card_note"):
+        lines += [campaign["card_note"], ""]
     lines += choice_lines(campaign)
     lines += ["## Post-processing", "", f"{oof['plan']}: chosen on the {cases} out-of-fold "
               "cases, stored in the model file, applied by `predict.py`.", ""]
