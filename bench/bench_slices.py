@@ -12,8 +12,9 @@ patches), or ``--tflite`` times a file as shipped. Prints milliseconds per slice
 
 ``--folds DIR --split FILE`` (a campaign's ``fold_<k>.keras`` models and its split)
 adds per-patient Dice (each patient's slices stacked into one volume, as Buda et
-al. 2019 score it) of every fold model and of its int8 export, calibrated on that
-fold's training patients only, over the patients of its validation set.
+al. 2019 score it, after the post-processing stored in the fold model) of every fold
+model and of its int8 export, calibrated on that fold's training patients only, over the
+patients of its validation set.
 
     python bench/bench_slices.py --model models/brats_unet2d_edge.keras
     python bench/bench_slices.py --model models/lgg_unet2d_edge.keras \\
@@ -90,13 +91,17 @@ def an_lgg_slice(data: Path, modalities, normalization) -> tuple[np.ndarray, str
 
 def out_of_fold_dice(folds: Path, split_file: Path, data: Path, threads: int) -> list[tuple]:
     """Per-patient WT Dice of each fold model and of its int8 file on its validation
-    patients: rows ``(name, mean, median, worst, patients)``."""
+    patients, after the post-processing stored in the fold model: rows ``(name, mean,
+    median, worst, patients)``."""
     from unet3d.artifacts.keras_file import read_model_config
+    from unet3d.artifacts.plan_file import read_plan
     from unet3d.export import export_litert
     from unet3d.export.calibration import draw_patches
+    from unet3d.postprocessing import PostProcessing
     from unet3d.training.oof import predict_out_of_fold, score_regions
 
     split = json.loads(split_file.read_text())
+    plans = {}  # each fold model's stored post-processing (the out-of-fold one)
     keras_models = {k: folds / f"fold_{k}.keras" for k in range(len(split))
                     if (folds / f"fold_{k}.keras").is_file()}
     rows = []
@@ -104,7 +109,8 @@ def out_of_fold_dice(folds: Path, split_file: Path, data: Path, threads: int) ->
         int8_models = {}
         for k, path in keras_models.items():
             config = read_model_config(path)
-            window = tuple(config["patch_size"])
+            plans[k] = read_plan(path) or PostProcessing(et_min_voxels=0)
+            window = LGG_WINDOW  # whole slices, as the shipped file
             calibration = draw_patches(data, window, 8, config, case_ids=split[k]["train"])
             int8_models[k] = Path(tmp) / f"fold_{k}_int8.tflite"
             export_litert(path, int8_models[k], precision="int8", window=window,
@@ -113,8 +119,8 @@ def out_of_fold_dice(folds: Path, split_file: Path, data: Path, threads: int) ->
                              ("their LiteRT int8 files", int8_models)):
             results = predict_out_of_fold(split, models, data, Path(tmp) / name,
                                           log=lambda _: None)
-            scores = [score_regions(r["classes"], r["truth"], ("WT",))["Dice_WT"]
-                      for r in results.values()]
+            scores = [score_regions(plans[r["fold"]].apply(r["classes"])[0], r["truth"],
+                                    ("WT",))["Dice_WT"] for r in results.values()]
             rows.append((name, float(np.mean(scores)), float(np.median(scores)),
                          float(np.min(scores)), len(scores)))
     return rows

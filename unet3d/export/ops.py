@@ -217,6 +217,9 @@ def across_width(v: tf.Tensor | Array, width: int) -> tf.Tensor:
     converter folds a ``TILE`` or ``BROADCAST_TO`` back into the binary op that
     follows, which would then broadcast 16-byte rows again.
     """
+    if width == 1:  # a 2D network's slice: the vectors as they are (a small file)
+        return tf.constant(np.asarray(v, np.float32).reshape(1, 1, 1, -1)) \
+            if isinstance(v, np.ndarray) else v
     if isinstance(v, np.ndarray):
         return tf.constant(np.tile(np.asarray(v, np.float32).reshape(1, 1, 1, -1),
                                    (1, 1, width, 1)))
@@ -228,7 +231,8 @@ def instance_norm(x: tf.Tensor, gamma: Array | None, beta: Array | None,
     """Instance normalisation over (D, H, W) per channel, as ``GroupNormalization(-1)``.
 
     The mean, scale and offset meet ``x`` widened to `(1, 1, W, C)`
-    (:func:`across_width`).
+    (:func:`across_width`), in a volume; in a 2D network's slice they stay `(1, 1, 1, C)`
+    (the widened constants would triple a 64 KB file).
 
     Args:
         x: float32 `(D, H, W, C)` (one volume, depth folded).
@@ -239,7 +243,8 @@ def instance_norm(x: tf.Tensor, gamma: Array | None, beta: Array | None,
     Returns:
         float32 `(D, H, W, C)`.
     """
-    width = int(x.shape[2])
+    # widened for a volume; a 2D network's slice `(1, H, W, C)` keeps its file small
+    width = int(x.shape[2]) if int(x.shape[0]) > 1 else 1
     centred = x - across_width(volume_mean(x), width)
     inv = tf.math.rsqrt(volume_mean(centred * centred) + epsilon)
     if gamma is not None:

@@ -61,7 +61,8 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
                 predictor = WindowPredictor(model.predict_fn, stride=model.stride,
                                             patch_size=model.patch_size,
                                             base_filters=model.base_filters,
-                                            spatial_dims=model.spatial_dims)
+                                            spatial_dims=model.spatial_dims,
+                                            mode="sliding" if model.fixed_window else "auto")
             case = find_any_case(data_dir / case_id, modalities=model.modalities,
                                  require_label=True)
             image, label, _, _ = load_case_for_model(case, model.label_convention)
@@ -78,7 +79,11 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
 
 def model_stamp(path: Path) -> str:
     """Which model file made a prediction: its name, size and CRC-32 (the post-processing
-    plan stored later does not count: only the network's weights do)."""
+    plan stored later does not count: only the network's weights do; a LiteRT file: the
+    whole file)."""
+    if not zipfile.is_zipfile(path):
+        weights = Path(path).read_bytes()
+        return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
     with zipfile.ZipFile(path) as archive:
         weights = archive.read("model.weights.h5")
     return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
