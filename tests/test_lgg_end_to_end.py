@@ -20,6 +20,25 @@ from unet3d_base.errors import InputError
 PATIENTS, SLICES, SIZE = 4, 6, 64
 
 
+def check_written_masks(out, patient, size: int) -> tuple[float, np.ndarray]:
+    """Reads the ``<patient>_<n>_pred.tif`` predict.py wrote for every slice of ``patient``
+    (``size`` x ``size``, 0 or 255) and checks the Dice its report gives against the
+    masks, recomputed here: returns that Dice and the stacked prediction."""
+    prediction, truth = [], []
+    for index, mask in enumerate(patient.masks, start=1):
+        pred = tifffile.imread(out / f"{patient.patient_id}_{index}_pred.tif")
+        assert pred.shape == (size, size) and pred.dtype == np.uint8
+        assert set(np.unique(pred)) <= {0, 255}
+        prediction.append(pred > 0)
+        truth.append(tifffile.imread(mask) > 127)
+    prediction, truth = np.stack(prediction), np.stack(truth)
+    both = prediction.sum() + truth.sum()
+    dice = 2 * (prediction & truth).sum() / both if both else 1.0
+    report = json.loads((out / f"{patient.patient_id}.json").read_text())
+    assert report["dice_wt_vs_masks"] == pytest.approx(dice, abs=1e-9)
+    return float(dice), prediction
+
+
 @pytest.fixture(scope="module")
 def lgg_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lgg")
@@ -46,18 +65,7 @@ def test_lgg_training_and_prediction_write_tif_masks(lgg_run, tmp_path, capsys):
     for patient in find_lgg_patients(lgg_run / "data"):
         written = sorted(out.glob(f"{patient.patient_id}_*_pred.tif"))
         assert len(written) == SLICES
-        prediction, truth = [], []
-        for index, mask in enumerate(patient.masks, start=1):
-            pred = tifffile.imread(out / f"{patient.patient_id}_{index}_pred.tif")
-            assert pred.shape == (SIZE, SIZE) and pred.dtype == np.uint8
-            assert set(np.unique(pred)) <= {0, 255}
-            prediction.append(pred > 0)
-            truth.append(tifffile.imread(mask) > 127)
-        prediction, truth = np.stack(prediction), np.stack(truth)
-        both = prediction.sum() + truth.sum()
-        expected = 2 * (prediction & truth).sum() / both if both else 1.0
-        report = json.loads((out / f"{patient.patient_id}.json").read_text())
-        assert report["dice_wt_vs_masks"] == pytest.approx(expected, abs=1e-9)
+        check_written_masks(out, patient, SIZE)
     # a second run finds every patient done
     capsys.readouterr()
     assert predict_cli.main(["--model", str(model), "--input", str(lgg_run / "data"),

@@ -8,11 +8,11 @@ import json
 import keras
 import numpy as np
 import pytest
-import tifffile
 
 import unet3d.cli.predict as predict_cli
 from data_generators.lgg import find_lgg_patient
 from tests.conftest import require_lgg
+from tests.test_lgg_end_to_end import check_written_masks
 from unet3d.artifacts.keras_file import read_model_config
 from unet3d.artifacts.plan_file import read_plan
 from unet3d.artifacts.shipped import REPO_MODELS
@@ -34,20 +34,7 @@ def segment(model, patient_dir, out, capsys) -> tuple[float, np.ndarray]:
     code = predict_cli.main(["--model", str(model), "--input", str(patient_dir),
                              "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    patient = find_lgg_patient(patient_dir)
-    prediction, truth = [], []
-    for index, mask in enumerate(patient.masks, start=1):
-        pred = tifffile.imread(out / f"{patient.patient_id}_{index}_pred.tif")
-        assert pred.shape == (256, 256) and pred.dtype == np.uint8
-        assert set(np.unique(pred)) <= {0, 255}
-        prediction.append(pred > 0)
-        truth.append(tifffile.imread(mask) > 127)
-    prediction, truth = np.stack(prediction), np.stack(truth)
-    both = prediction.sum() + truth.sum()
-    dice = 2 * (prediction & truth).sum() / both if both else 1.0
-    report = json.loads((out / f"{patient.patient_id}.json").read_text())
-    assert report["dice_wt_vs_masks"] == pytest.approx(dice, abs=1e-9)
-    return float(dice), prediction
+    return check_written_masks(out, find_lgg_patient(patient_dir), 256)
 
 
 @pytest.mark.parametrize("model", [MODEL, EDGE], ids=["lgg_unet2d", "lgg_unet2d_edge"])
