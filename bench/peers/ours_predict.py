@@ -41,6 +41,7 @@ from data_generators.geometry import load_case_for_model  # noqa: E402
 from data_generators.labels import classes_to_labels, resolve_convention  # noqa: E402
 from data_generators.layouts import layout_of  # noqa: E402
 from unet3d.artifacts import load_artifact  # noqa: E402
+from unet3d.precision import resolve_precision  # noqa: E402
 from unet3d.inference.pipeline import (  # noqa: E402
     PredictSettings,
     crop_for_model,
@@ -89,14 +90,16 @@ def segment(case_dir: Path, out_dir: Path, model, settings, calls: list[float]) 
 
 
 def run_case(args: argparse.Namespace, model) -> dict:
-    settings = PredictSettings(tta=args.tta, overwrite=True, largest_component=False)
+    settings = (PredictSettings(tta=args.tta, overwrite=True) if args.as_predict
+                else PredictSettings(tta=args.tta, overwrite=True, largest_component=False))
     times, network = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         report = predict_case(args.case, args.out, model, settings)
         times.append(time.perf_counter() - start)
         network.append(report["runtime_s"]["network"])
-    return {"times": times, "network": network, "mode": report["settings"]["resolved_mode"]}
+    return {"times": times, "network": network, "mode": report["settings"]["resolved_mode"],
+            "runtime_s": report["runtime_s"], "precision": args.precision}
 
 
 def run_folder(args: argparse.Namespace, model) -> list[dict]:
@@ -128,13 +131,17 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--case", required=True, help="a case folder (a folder of them: folder)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or auto (predict.py's)")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--mode", choices=("whole", "sliding"), default="whole")
     parser.add_argument("--window", type=int, default=128)
     parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--as-predict", action="store_true",
+                        help="--run case with predict.py's settings (the model's stored "
+                             "post-processing) instead of no largest-component step")
     args = parser.parse_args()
+    args.precision = resolve_precision(args.precision)
     model = load_artifact(args.model, precision=args.precision)
     run = {"case": run_case, "folder": run_folder, "stages": run_stages}[args.run]
     print(json.dumps(run(args, model)))
