@@ -21,7 +21,11 @@ import numpy as np
 from data_generators.geometry import load_case_for_model
 from data_generators.io import CaseFiles
 from data_generators.labels import resolve_convention
-from data_generators.normalization import NORMALIZATIONS, normalization_settings
+from data_generators.normalization import (
+    NORMALIZATIONS,
+    effective_normalization,
+    normalization_settings,
+)
 from data_generators.preprocessing import PreprocessedCase, foreground_coords, preprocess_case
 from unet3d_base.errors import InputError, OutputError
 from unet3d_base.fileio import storage_error
@@ -202,9 +206,11 @@ def default_cache_root() -> Path:
 
 
 def cache_for(data_dir: str | Path, cache_root: str | Path | None = None,
-              normalization: str = "zscore") -> PreprocessedCache:
+              normalization: str | None = "zscore") -> PreprocessedCache:
     """The preprocessed cache of a data folder: one per folder (named by its resolved path)
-    and normalisation (``zscore`` keeps the plain name)."""
+    and normalisation (``zscore`` keeps the plain name). None is the default normalisation
+    (:func:`~data_generators.normalization.effective_normalization`) and shares its cache."""
+    normalization = effective_normalization(normalization)
     data_dir = Path(data_dir)
     root = Path(cache_root) if cache_root else default_cache_root()
     digest = hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:10]

@@ -11,9 +11,16 @@ import numpy as np
 import SimpleITK as sitk
 
 NORMALIZATIONS = ("zscore", "percentile", "n4")
+DEFAULT_NORMALIZATION = "zscore"  # a config without one (or with ``normalization: null``)
 PERCENTILES = (0.5, 99.5)
 N4_SHRINK = 4
 N4_ITERATIONS = (50, 50, 50, 50)
+
+
+def effective_normalization(method: str | None) -> str:
+    """The normalisation ``method`` names: :data:`DEFAULT_NORMALIZATION` for None (a
+    config's ``normalization: null``, or one written before the setting existed)."""
+    return DEFAULT_NORMALIZATION if method is None else method
 
 
 def normalization_settings(method: str) -> dict:

@@ -275,3 +275,40 @@ def test_normalisations_keep_separate_caches(tmp_path, make_case):
                                preprocess_case(load_case(source)[0], None, "percentile")[0])
     with pytest.raises(InputError, match="normalization must be one of"):
         PreprocessedCache(tmp_path, normalization="minmax")
+
+
+def test_no_normalisation_shares_the_default_cache(tmp_path, make_case):
+    """``normalization: null`` in a config is the default normalisation: its cache is the
+    default's folder (no "-None" suffix) and it preprocesses the same way."""
+    from data_generators.cache import cache_for
+    from unet3d.config import TrainConfig
+
+    folder = make_case(shape=(12, 12, 12))
+    default = TrainConfig().normalization  # what a config without the key trains on
+    unset = cache_for(folder, tmp_path, None)
+    explicit = cache_for(folder, tmp_path, default)
+    assert unset.root == explicit.root
+    assert "none" not in unset.root.name.lower()
+    assert unset.normalization == explicit.normalization == default
+    case = unset.get(find_case(folder))
+    np.testing.assert_allclose(np.asarray(case.image),
+                               preprocess_case(load_case(find_case(folder))[0], None, default)[0])
+    assert explicit.get(find_case(folder)) is not None and explicit.builds == 0  # shared
+
+
+def test_int8_calibration_with_no_normalisation_uses_the_default_cache(tmp_path, make_case):
+    """The int8 export's calibration patches (a run config with ``normalization: null``) come
+    from the default normalisation's cache, not a "-None" one."""
+    from unet3d.config import TrainConfig
+    from unet3d.export.calibration import draw_patches
+
+    make_case("Case_001", shape=(16, 16, 16))
+    make_case("Case_002", shape=(16, 16, 16))
+    data = tmp_path / "data"
+    config = {**TrainConfig().to_dict(), "cache_dir": str(tmp_path / "cache")}
+    explicit = draw_patches(data, (8, 8, 8), 2, config)
+    unset = draw_patches(data, (8, 8, 8), 2, {**config, "normalization": None})
+    folders = [p.name for p in (tmp_path / "cache" / "preprocessed").iterdir()]
+    assert len(folders) == 1 and "none" not in folders[0].lower()
+    for a, b in zip(explicit, unset, strict=True):
+        np.testing.assert_array_equal(a, b)

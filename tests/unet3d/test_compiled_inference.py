@@ -96,3 +96,45 @@ def test_a_model_is_rebuilt_in_the_requested_precision(tiny_model):
     # bf16 keeps 8 bits of mantissa: probabilities agree to a few 1e-3, at worst a few 1e-2
     difference = np.abs(out - keras_predict_fn(tiny_model)(x))
     assert difference.mean() < 5e-3 and difference.max() < 8e-2
+
+
+@pytest.mark.parametrize(("saved_in", "loaded_under", "wanted"), [
+    ("bf16", "fp32", "fp32"),  # model-level policy float32, layers still bf16
+    ("fp32", "bf16", "bf16"),  # model-level policy mixed_bfloat16, layers float32
+])
+def test_precision_is_read_from_the_layers_not_the_model(tmp_path, saved_in, loaded_under,
+                                                         wanted):
+    """A ``.keras`` file loads its layers with the policy they were saved with, whatever
+    the model-level policy reads; with_precision must rebuild such a model."""
+    from unet3d.artifacts import with_precision
+    from unet3d.precision import policy_scope
+
+    config = ModelConfig(base_filters=4, depth=2, segmentation_levels=2)
+    keras.utils.set_random_seed(11)
+    with policy_scope(saved_in):
+        original = build_unet3d(config)
+    original.save(tmp_path / "m.keras")
+    with policy_scope(loaded_under):
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+    convs = [layer for layer in loaded.layers if isinstance(layer, keras.layers.Conv3D)]
+    saved_dtype = keras.DTypePolicy(dtype_policy(saved_in)).compute_dtype
+    wanted_dtype = keras.DTypePolicy(dtype_policy(wanted)).compute_dtype
+    # the case under test: the model-level policy names the wanted precision, the layers not
+    assert loaded.dtype_policy.name == dtype_policy(wanted)
+    assert convs and all(layer.compute_dtype == saved_dtype for layer in convs)
+
+    rebuilt = with_precision(loaded, config, wanted)
+    assert rebuilt is not loaded
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    weighted = [layer for layer in rebuilt.layers if layer.weights]
+    assert weighted and all(layer.dtype_policy.compute_dtype == wanted_dtype
+                            for layer in weighted)
+    for a, b in zip(original.get_weights(), rebuilt.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert with_precision(rebuilt, config, wanted) is rebuilt  # now it computes as asked
+    x = np.random.default_rng(5).normal(size=(1, 8, 8, 8, 4)).astype(np.float32)
+    out = keras_predict_fn(rebuilt)(x)
+    assert out.dtype == np.float32
+    # one side computes in bf16 (8 bits of mantissa): probabilities agree to a few 1e-3
+    difference = np.abs(out - keras_predict_fn(original)(x))
+    assert difference.mean() < 5e-3 and difference.max() < 8e-2

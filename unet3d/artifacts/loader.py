@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
+
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, report_path
 from unet3d.artifacts.plan_file import read_plan
@@ -142,15 +144,39 @@ def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
 def with_precision(model, model_config, precision: str):
     """``model`` itself if it already computes in ``precision``, else a rebuilt copy.
 
+    What a model computes in is its layers' policies, not the model's own: a
+    ``.keras`` file saved from a ``mixed_bfloat16`` model loads with a float32
+    model-level policy while its layers still compute in bfloat16 (and the
+    reverse), so the layers holding weights (convolutions, normalisations) are
+    checked; layers pinned to float32 by the architecture (the output
+    activation) hold none.
+
     A model trained in ``mixed_bfloat16`` keeps float32 variables, so the
     copy takes the same weights in either direction.
     """
-    if model.dtype_policy.name == dtype_policy(precision):
+    if computes_in(model, precision):
         return model
     with policy_scope(precision):
         rebuilt = build_unet3d(model_config, name=model.name)
     rebuilt.set_weights(model.get_weights())
     return rebuilt
+
+
+def computes_in(model, precision: str) -> bool:
+    """Whether every layer of ``model`` holding weights computes in ``precision``'s dtype."""
+    wanted = keras.DTypePolicy(dtype_policy(precision)).compute_dtype
+    weighted = [layer for layer in _leaf_layers(model) if layer.weights]
+    return bool(weighted) and all(layer.dtype_policy.compute_dtype == wanted
+                                  for layer in weighted)
+
+
+def _leaf_layers(model):
+    """The layers of ``model``, those of nested models included (not the models)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
 
 
 def _load_litert(path: Path, threads: int) -> Artifact:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from data_generators.labels import MODALITIES, resolve_convention
-from data_generators.normalization import NORMALIZATIONS
+from data_generators.normalization import DEFAULT_NORMALIZATION, NORMALIZATIONS
 from unet3d.config.checks import ConfigError, choice, positive
 from unet3d.config.model import ModelConfig
 from unet3d_base.errors import InputError
@@ -83,7 +83,7 @@ class Recipe:
     lr_decay: float = 0.985
     loss: str = "dice"
     batch_dice: bool = False
-    normalization: str = "zscore"
+    normalization: str = DEFAULT_NORMALIZATION
     val_fraction: float = 0.2
     folds: int = 1
     fold: int = 0

@@ -67,7 +67,7 @@ def draw_patches(
             raise InputError(f"{data_dir}: none of the run's training cases found")
     picks = np.linspace(0, len(cases) - 1, min(len(cases), MAX_CASES, count)).round()
     cases = [cases[int(i)] for i in dict.fromkeys(picks)]
-    cache = cache_for(data_dir, config.get("cache_dir"), config.get("normalization", "zscore"))
+    cache = cache_for(data_dir, config.get("cache_dir"), config.get("normalization"))
     prepared = [cache.get(case, convention) for case in cases]
     dataset = ValidationPatchDataset(prepared, tuple(window), batch_size=1,
                                      patches_per_case=math.ceil(count / len(prepared)),
