@@ -41,13 +41,13 @@ from data_generators.geometry import load_case_for_model  # noqa: E402
 from data_generators.labels import classes_to_labels, resolve_convention  # noqa: E402
 from data_generators.layouts import layout_of  # noqa: E402
 from unet3d.artifacts import load_artifact  # noqa: E402
-from unet3d.precision import resolve_precision  # noqa: E402
 from unet3d.inference.pipeline import (  # noqa: E402
     PredictSettings,
     crop_for_model,
     predict_case,
     segment_cropped,
 )
+from unet3d.precision import resolve_precision  # noqa: E402
 
 
 def timed_forward(model) -> list[float]:
@@ -92,14 +92,22 @@ def segment(case_dir: Path, out_dir: Path, model, settings, calls: list[float]) 
 def run_case(args: argparse.Namespace, model) -> dict:
     settings = (PredictSettings(tta=args.tta, overwrite=True) if args.as_predict
                 else PredictSettings(tta=args.tta, overwrite=True, largest_component=False))
-    times, network = [], []
+    times, network, peaks = [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         report = predict_case(args.case, args.out, model, settings)
         times.append(time.perf_counter() - start)
         network.append(report["runtime_s"]["network"])
+        peaks.append(_peak_gb())  # the process's peak so far: the first is one case's
     return {"times": times, "network": network, "mode": report["settings"]["resolved_mode"],
-            "runtime_s": report["runtime_s"], "precision": args.precision}
+            "runtime_s": report["runtime_s"], "precision": args.precision, "peaks_gb": peaks}
+
+
+def _peak_gb() -> float:
+    """This process's peak resident memory so far (``VmHWM``), in GB."""
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmHWM")) / 2**20
 
 
 def run_folder(args: argparse.Namespace, model) -> list[dict]:
