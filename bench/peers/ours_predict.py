@@ -118,10 +118,7 @@ def run_folder(args: argparse.Namespace, model) -> list[dict]:
         start = time.perf_counter()
         predict_case(case, args.out, model, settings)
         seconds = time.perf_counter() - start
-        status = Path("/proc/self/status").read_text()
-        hwm = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmHWM"))
-        rows.append({"case": case.name, "seconds": seconds, "peak_gb": hwm / 2**20})
+        rows.append({"case": case.name, "seconds": seconds, "peak_gb": _peak_gb()})
     return rows
 
 

@@ -81,11 +81,11 @@ def model_stamp(path: Path) -> str:
     """Which model file made a prediction: its name, size and CRC-32 (the post-processing
     plan stored later does not count: only the network's weights do; a LiteRT file: the
     whole file)."""
-    if not zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            weights = archive.read("model.weights.h5")
+    else:
         weights = Path(path).read_bytes()
-        return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
-    with zipfile.ZipFile(path) as archive:
-        weights = archive.read("model.weights.h5")
     return f"{path.name}:{len(weights)}:{zlib.crc32(weights):08x}"
 
 
