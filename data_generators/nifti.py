@@ -72,25 +72,28 @@ def load_case(
         InputError: unreadable file, not 3D, shapes or affines that differ,
             non-finite voxels, or label values outside the convention.
     """
-    channels = []
     ref_img = None
     ref_path = case.images[0]
     # gzip inflation releases the GIL: the modalities decode side by side; the
     # checks below still run in modality order, so errors name the same file
     with ThreadPoolExecutor(max_workers=len(case.images)) as pool:
         reads = [pool.submit(read_volume, Path(path)) for path in case.images]
-    for path, read in zip(case.images, reads, strict=True):
-        data, img = read.result()
+    image = None
+    for channel, path in enumerate(case.images):
+        data, img = reads[channel].result()
+        reads[channel] = None  # each decoded volume is freed once copied
         if ref_img is None:
             ref_img = img
             ref_shape = data.shape
         else:
             _check_same_grid(Path(path), data.shape, img, ref_path, ref_shape, ref_img)
-        data = data.astype(np.float32, copy=False)
-        if not np.isfinite(data).all():
+        if image is None:  # each channel is written in place: no float copies to stack
+            image = np.empty((*ref_shape, len(case.images)), dtype=np.float32)
+        image[..., channel] = data
+        # integers are finite; floats are checked after the cast (float64 may overflow)
+        if data.dtype.kind not in "iub" and not np.isfinite(image[..., channel]).all():
             raise InputError(f"{path}: contains NaN or infinite voxels")
-        channels.append(data)
-    image = np.stack(channels, axis=-1)
+        del data
     label = None
     if case.label is not None:
         path = Path(case.label)

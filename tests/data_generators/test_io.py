@@ -212,6 +212,34 @@ def test_nan_voxels(make_case):
     _one_line_error(excinfo, str(path), "NaN")
 
 
+def test_float64_voxels_beyond_float32_are_refused(make_case):
+    # finite in the file, infinite once cast to the float32 the network reads
+    folder = make_case()
+    path = folder / "Case_001_flair.nii.gz"
+    data = np.ones((8, 9, 10), np.float64)
+    data[1, 2, 3] = 1e300
+    save_nifti(path, data)
+    with pytest.raises(InputError) as excinfo:
+        load_case(find_case(folder))
+    _one_line_error(excinfo, str(path), "infinite")
+
+
+def test_channels_of_mixed_dtypes_are_copied_exactly(tmp_path):
+    folder = tmp_path / "P2"
+    shape = (4, 5, 6)
+    rng = np.random.default_rng(3)
+    volumes = {"t1": rng.integers(-32768, 32767, shape, dtype=np.int16),
+               "t1ce": rng.integers(0, 255, shape, dtype=np.uint8),
+               "t2": rng.normal(size=shape).astype(np.float32),
+               "flair": rng.normal(size=shape)}  # float64: rounded to float32
+    for key, data in volumes.items():
+        save_nifti(folder / f"P2_{key}.nii.gz", data)
+    image, _, _ = load_case(find_case(folder, require_label=False))
+    assert image.dtype == np.float32 and image.flags.c_contiguous
+    for c, data in enumerate(volumes.values()):
+        np.testing.assert_array_equal(image[..., c], data.astype(np.float32))
+
+
 def test_label_value_3_under_brats2017(make_case):
     folder = make_case()
     path = folder / "Case_001_seg.nii.gz"

@@ -1,3 +1,5 @@
+import weakref
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,29 @@ def test_whole_and_sliding_agree_on_a_local_model():
     sliding = predict_sliding(voxelwise, image, (16, 16, 16), overlap=0.5, batch_size=3)
     np.testing.assert_allclose(whole, voxelwise(image[None])[0], rtol=1e-6)
     np.testing.assert_allclose(sliding, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_a_handed_over_volume_is_freed_before_the_pass():
+    image = np.random.default_rng(5).normal(size=(13, 11, 9, 3)).astype(np.float32)
+    expected = voxelwise(image[None])[0]
+    handed = [image.copy()]
+    alive = weakref.ref(handed[0])
+    seen = []
+
+    def network(batch):
+        seen.append(alive() is None)  # the caller's volume, during the pass
+        return voxelwise(batch)
+
+    np.testing.assert_array_equal(predict_whole(network, handed, multiple=4), expected)
+    assert handed == [] and seen == [True]
+    # through the predictor: handed over in a whole pass, kept where mirroring needs it
+    for tta, freed in ((False, True), (True, False)):
+        handed, seen[:] = [image.copy()], []
+        alive = weakref.ref(handed[0])
+        out = WindowPredictor(network, stride=4, patch_size=(8, 8, 8), mode="whole",
+                              tta=tta)(handed)
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+        assert set(seen) == {freed}
 
 
 def test_mirror_tta():

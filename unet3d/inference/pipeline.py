@@ -191,8 +191,8 @@ def segment_cropped(cropped: Cropped, model: Artifact, settings: PredictSettings
                                 max_memory_gb=settings.max_memory_gb,
                                 spatial_dims=model.spatial_dims)
     mode = predictor.resolved_mode(cropped.image.shape)
-    probs = predictor(cropped.image)
-    cropped.image = None
+    handed, cropped.image = [cropped.image], None  # freed once padded (whole volume)
+    probs = predictor(handed)
     classes = probabilities_to_classes(probs, model.output_mode)
     # how sure the network is of its whole tumour (the review page flags hesitant maps)
     p_wt = probs[..., 0] if model.output_mode == "regions" else 1.0 - probs[..., 0]

@@ -97,10 +97,16 @@ def pad_to(image: np.ndarray, shape: Sequence[int], multiple: int | Sequence[int
     return padded, tuple(region)
 
 
-def predict_whole(predict_fn: PredictFn, image: np.ndarray,
+def predict_whole(predict_fn: PredictFn, image: np.ndarray | list[np.ndarray],
                   multiple: int | Sequence[int]) -> np.ndarray:
-    """The whole `(X, Y, Z, C)` volume in one pass, padded to ``multiple``."""
+    """The whole `(X, Y, Z, C)` volume in one pass, padded to ``multiple``.
+
+    ``image`` may come as a list holding it alone, which this empties: a caller that
+    keeps no other reference then has the volume freed once its padded copy is made,
+    not held through the pass."""
+    image = image.pop() if isinstance(image, list) else image
     padded, region = pad_to(image.astype(np.float32, copy=False), image.shape[:3], multiple)
+    del image  # the last reference where the caller handed it over
     return predict_fn(padded[None])[0][region]
 
 
@@ -246,10 +252,18 @@ class WindowPredictor:
                        f"a {window} sliding window", "lower --patch-size")
         return mode
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Probabilities `(X, Y, Z, K)` of a preprocessed `(X, Y, Z, C)` volume."""
+    def __call__(self, image: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """Probabilities `(X, Y, Z, K)` of a preprocessed `(X, Y, Z, C)` volume.
+
+        ``image`` may come as a list holding it alone, which this empties: a caller that
+        keeps no other reference then has a whole-volume pass without mirroring free it
+        once padded (:func:`predict_whole`), so it is not held through the network."""
         fn = self.predict_fn if self.spatial_dims == 3 else slice_predict_fn(self.predict_fn)
-        if self.resolved_mode(image.shape) == "whole":
+        mode = self.resolved_mode((image[0] if isinstance(image, list) else image).shape)
+        if mode == "whole" and not self.tta:
+            return predict_whole(fn, image, self._multiple)
+        image = image.pop() if isinstance(image, list) else image
+        if mode == "whole":
             def once(img):
                 return predict_whole(fn, img, self._multiple)
         else:
