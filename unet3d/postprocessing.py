@@ -77,6 +77,10 @@ class PostProcessing:
             than this become necrosis; 0 keeps them all.
         chosen_on: list of str. Validation case ids the plan was chosen on.
         scores: dict. Mean validation Dice per candidate, for the record.
+        mirroring: bool, default False. The network's output is the mean over the
+            input's axis mirrorings (test-time augmentation, as nnU-Net's): the
+            prediction the plan was chosen on, and ``predict.py``'s default for the
+            model (``--tta`` / ``--no-tta`` override it).
     """
 
     largest_component: bool = False
@@ -89,6 +93,7 @@ class PostProcessing:
     et_min_component_voxels: int = 0
     chosen_on: list[str] = field(default_factory=list)
     scores: dict[str, Any] = field(default_factory=dict)
+    mirroring: bool = False
 
     def apply(self, classes: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """The post-processed class map and what changed."""
@@ -138,6 +143,8 @@ class PostProcessing:
             parts.append(f"ET components >= {self.et_min_component_voxels} voxels")
         parts.append(f"ET < {self.et_min_voxels} voxels -> necrosis" if self.et_min_voxels
                      else "no ET relabelling")
+        if self.mirroring:
+            parts.insert(0, "mirrored inputs averaged")
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +163,8 @@ class PostProcessing:
                 raise InputError(f"{source}: {name} must be an integer >= 0")
         if not isinstance(plan.max_distance_mm, int | float) or plan.max_distance_mm < 0:
             raise InputError(f"{source}: max_distance_mm must be a number >= 0")
+        if not isinstance(plan.mirroring, bool):
+            raise InputError(f"{source}: mirroring must be true or false")
         return plan
 
 

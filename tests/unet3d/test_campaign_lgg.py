@@ -12,13 +12,20 @@ import pytest
 import tifffile
 
 import unet3d.training.campaign_results as results
+from data_generators.geometry import load_case_for_model
+from data_generators.layouts import find_any_case
 from data_generators.lgg import find_lgg_patients
 from data_generators.lgg_synthetic import write_synthetic_lgg
+from data_generators.preprocessing import preprocess_case
 from tests.conftest import REPO
+from unet3d.artifacts import load_artifact
 from unet3d.artifacts.keras_file import save_model
 from unet3d.config import ModelConfig, TrainConfig
+from unet3d.inference.pipeline import probabilities_to_classes
+from unet3d.inference.predictor import WindowPredictor
 from unet3d.models.unet import build_unet3d
 from unet3d.postprocessing import PostProcessing
+from unet3d.precision import resolve_precision
 from unet3d.training import campaign as cp
 from unet3d.training.campaign_results import study_table
 from unet3d.training.oof import (
@@ -157,3 +164,43 @@ def test_out_of_fold_segments_lgg_patients_with_2d_fold_models(tmp_path):
         assert row["slices"]["slices_with_tumour"] == int(truth.any(axis=(0, 1)).sum())
     assert report["overall_slices"]["slices"] == sum(
         r["slices"]["slices"] for r in report["cases"].values())
+
+
+def test_out_of_fold_with_mirroring_averages_the_in_plane_flips(tmp_path):
+    """With the campaign's ``mirroring``, each patient's prediction is the mean of the
+    network's output on the 4 in-plane mirrorings (worked out here flip by flip), kept apart
+    from the unmirrored one, and the chosen plan records it for predict.py."""
+    folders = write_synthetic_lgg(tmp_path / "data", patients=2, slices=3, size=32, seed=4)
+    ids = sorted(f.name for f in folders)
+    split = [{"train": ids[1:], "val": ids[:1]}, {"train": ids[:1], "val": ids[1:]}]
+    model_config = ModelConfig(base_filters=2, depth=2, segmentation_levels=1, in_channels=3,
+                               spatial_dims=2, dropout=0.0)
+    config = TrainConfig(model=model_config, modalities=("t1", "flair", "t1ce"),
+                         patch_size=(16, 16)).to_dict()
+    models = {}
+    for k in (0, 1):
+        keras.utils.set_random_seed(10 + k)
+        models[k] = save_model(build_unet3d(model_config), tmp_path / f"fold_{k}.keras", config)
+    plain = predict_out_of_fold(split, models, tmp_path / "data", tmp_path / "oof",
+                                log=lambda _: None)
+    mirrored = predict_out_of_fold(split, models, tmp_path / "data", tmp_path / "oof",
+                                   log=lambda _: None, mirroring=True)
+    for k, fold in enumerate(split):
+        model = load_artifact(models[k], precision=resolve_precision("auto"))  # as oof's
+        once = WindowPredictor(model.predict_fn, stride=model.stride,
+                               patch_size=model.patch_size, spatial_dims=2, mode="whole")
+        case = find_any_case(tmp_path / "data" / fold["val"][0], modalities=model.modalities,
+                             require_label=True)
+        image, label, _, _ = load_case_for_model(case)
+        cropped, _, _ = preprocess_case(image, label, model.normalization)
+        flips = [(), (0,), (1,), (0, 1)]
+        mean = sum(np.flip(once(np.ascontiguousarray(np.flip(cropped, axes))), axes)
+                   for axes in flips) / 4
+        expected = probabilities_to_classes(mean, model.output_mode)
+        case_id = fold["val"][0]
+        np.testing.assert_array_equal(mirrored[case_id]["classes"], expected)
+        assert plain[case_id]["classes"].shape == expected.shape
+    assert any(not np.array_equal(plain[c]["classes"], mirrored[c]["classes"]) for c in ids)
+    report = out_of_fold_report(mirrored, ("WT",), slices=True, mirroring=True)
+    assert report["plan_values"]["mirroring"] is True
+    assert report["plan"].startswith("mirrored inputs averaged")

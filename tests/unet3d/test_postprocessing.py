@@ -10,8 +10,9 @@ from unet3d.components import (
     remove_distant_components,
     remove_small_components,
 )
-from unet3d.inference.pipeline import PredictSettings, resolve_plan
+from unet3d.inference.pipeline import PredictSettings, resolve_plan, resolve_tta
 from unet3d.postprocessing import PostProcessing, choose, suppress_small_enhancing
+from unet3d_base.errors import InputError
 
 
 def test_largest_component_keeps_the_biggest_blob_with_its_classes():
@@ -174,3 +175,49 @@ def test_small_core_and_enhancing_specks_are_demoted():
     out = PostProcessing(et_min_voxels=0, et_min_component_voxels=8).apply(classes)[0]
     assert int((out == 3).sum()) == 27 + 8  # 8 voxels is not under 8
     assert int((out > 0).sum()) == int((classes > 0).sum())
+
+
+def test_mirroring_follows_the_stored_plan_unless_an_option_says():
+    stored = PostProcessing(largest_component=True, mirroring=True)
+    assert resolve_tta(stored, PredictSettings()) is True
+    assert resolve_tta(stored, PredictSettings(tta=False)) is False
+    assert resolve_tta(PostProcessing(), PredictSettings()) is False
+    assert resolve_tta(None, PredictSettings()) is False
+    assert resolve_tta(None, PredictSettings(tta=True)) is True
+    # an older plan file, without the key, loads as unmirrored; a non-boolean is refused
+    values = stored.to_dict()
+    del values["mirroring"]
+    assert PostProcessing.from_dict(values, "old.json").mirroring is False
+    with pytest.raises(InputError, match="plan.json: mirroring must be true or false"):
+        PostProcessing.from_dict({**stored.to_dict(), "mirroring": "yes"}, "plan.json")
+
+
+def test_predict_mirrors_as_the_model_file_says(tmp_path):
+    """A real 2D model file whose stored plan says mirroring: predict_case averages the
+    flips unless --no-tta, and the report says which it did."""
+    import keras
+
+    from data_generators.lgg_synthetic import write_synthetic_lgg
+    from unet3d.artifacts import load_artifact
+    from unet3d.artifacts.keras_file import save_model
+    from unet3d.artifacts.plan_file import write_plan
+    from unet3d.config import ModelConfig, TrainConfig
+    from unet3d.inference.pipeline import predict_case
+    from unet3d.models.unet import build_unet3d
+
+    folder = write_synthetic_lgg(tmp_path / "data", patients=1, slices=3, size=32, seed=2)[0]
+    config = ModelConfig(base_filters=2, depth=2, segmentation_levels=1, in_channels=3,
+                         spatial_dims=2, dropout=0.0)
+    keras.utils.set_random_seed(7)
+    path = save_model(build_unet3d(config), tmp_path / "m.keras",
+                      TrainConfig(model=config, modalities=("t1", "flair", "t1ce"),
+                                  patch_size=(16, 16)).to_dict())
+    write_plan(path, PostProcessing(et_min_voxels=0, mirroring=True))
+    model = load_artifact(path, precision="fp32")
+    runs = {}
+    for name, tta in (("stored", None), ("on", True), ("off", False)):
+        report = predict_case(folder, tmp_path / name, model, PredictSettings(tta=tta))
+        runs[name] = (report["settings"]["resolved_tta"],
+                      [np.asarray(p.read_bytes()) for p in sorted((tmp_path / name).glob("*.tif"))])
+    assert [runs[n][0] for n in ("stored", "on", "off")] == [True, True, False]
+    assert runs["stored"][1] == runs["on"][1]

@@ -75,8 +75,11 @@ def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str
     if missing:
         raise InputError(f"{runs_dir / 'published'}: no model yet for fold(s) "
                          f"{', '.join(map(str, missing))}; finish the folds stage first")
-    results = predict_out_of_fold(split, models, campaign["_data"], runs_dir / "oof", log=log)
-    report = out_of_fold_report(results, campaign["_regions"], is_lgg_root(campaign["_data"]))
+    mirroring = bool(campaign.get("mirroring", False))
+    results = predict_out_of_fold(split, models, campaign["_data"], runs_dir / "oof", log=log,
+                                  mirroring=mirroring)
+    report = out_of_fold_report(results, campaign["_regions"], is_lgg_root(campaign["_data"]),
+                                mirroring=mirroring)
     write_report(report, runs_dir / "oof.json")
     plan = PostProcessing(**report["plan_values"])
     for path in sorted((runs_dir / "published").glob("*.keras")):  # the final model too

@@ -49,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labels", default="brats2017",
                         help="label convention written: brats2017 (0,1,2,4; default) or 2023 "
                              "(enhancing = 3)")
-    parser.add_argument("--tta", action="store_true", help="average the 8 axis mirrorings")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="average the 8 axis mirrorings (4 for a slice network); "
+                             "default: as the model's stored plan says, else off")
     parser.add_argument("--mode", choices=("auto", "whole", "sliding"), default="auto",
                         help="whole cropped volume at once, sliding window, or auto (whole "
                              "when it fits --max-memory-gb)")

@@ -38,7 +38,8 @@ class PredictSettings:
 
     Args:
         labels: str, default "brats2017". Label convention of the written map.
-        tta: bool, default False. Mirroring test-time augmentation.
+        tta: bool or None. Mirroring test-time augmentation; None: the model's stored
+            plan (:attr:`unet3d.postprocessing.PostProcessing.mirroring`), else off.
         mode: str, default "auto". ``whole``, ``sliding`` or ``auto``.
         patch_size: tuple of int or None. Sliding window: one size for every axis,
             or one per axis of the network (3, or 2 for a slice network); None: the model's
@@ -60,7 +61,7 @@ class PredictSettings:
     """
 
     labels: str = "brats2017"
-    tta: bool = False
+    tta: bool | None = None
     mode: str = "auto"
     patch_size: tuple[int, ...] | None = None
     overlap: float = 0.5
@@ -96,6 +97,14 @@ def resolve_plan(stored: PostProcessing | None, settings: PredictSettings
     return plan, source
 
 
+def resolve_tta(stored: PostProcessing | None, settings: PredictSettings) -> bool:
+    """Whether the mirrorings are averaged: ``--tta`` / ``--no-tta``, else the model's
+    stored plan, else not."""
+    if settings.tta is not None:
+        return settings.tta
+    return bool(stored is not None and stored.mirroring)
+
+
 def output_paths(out_dir: Path, case_dir: Path, settings: PredictSettings,
                  layout: Layout | None = None) -> dict[str, Path]:
     """Every file written for the case in ``case_dir``, keyed by kind; ``segmentation`` is
@@ -127,6 +136,7 @@ class Segmentation:
     changes: dict[str, Any]
     confidence: dict[str, float]
     mode: str  # "whole" or "sliding"
+    tta: bool = False  # whether the mirrorings were averaged
 
 
 def check_patch_size(model: Artifact, settings: PredictSettings) -> tuple[int, ...]:
@@ -184,10 +194,11 @@ def segment_cropped(cropped: Cropped, model: Artifact, settings: PredictSettings
         InputError: settings the model cannot take, or a pass that cannot fit in memory.
     """
     patch_size = check_patch_size(model, settings)
+    tta = resolve_tta(model.postprocessing, settings)
     predictor = WindowPredictor(model.predict_fn, stride=model.stride, patch_size=patch_size,
                                 overlap=settings.overlap,
                                 mode="sliding" if model.fixed_window else settings.mode,
-                                tta=settings.tta, base_filters=model.base_filters,
+                                tta=tta, base_filters=model.base_filters,
                                 max_memory_gb=settings.max_memory_gb,
                                 spatial_dims=model.spatial_dims)
     mode = predictor.resolved_mode(cropped.image.shape)
@@ -201,7 +212,7 @@ def segment_cropped(cropped: Cropped, model: Artifact, settings: PredictSettings
     plan, plan_source = resolve_plan(model.postprocessing, settings)
     classes, changes = plan.apply(classes)
     return Segmentation(uncrop(classes, cropped.box, cropped.grid_shape), plan, plan_source,
-                        changes, confidence, mode)
+                        changes, confidence, mode, tta)
 
 
 def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
@@ -279,7 +290,7 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         "model": {"path": str(model.path), "modalities": list(model.modalities),
                   "output_mode": model.output_mode,
                   "precision": model.precision},
-        "settings": {**asdict(settings), "resolved_mode": mode},
+        "settings": {**asdict(settings), "resolved_mode": mode, "resolved_tta": seg.tta},
         "runtime_s": {"load_preprocess": loaded - start, "network": network - loaded,
                       "write": written - network, "total": written - start},
     }

@@ -30,7 +30,8 @@ Stages:
 - ``final``: the recipe on every case without validation (nnU-Net's fold
   "all") for the median of the folds' epochs: ``published/all.keras``.
 
-``oof`` segments every case with the fold model that never saw it, chooses
+``oof`` segments every case with the fold model that never saw it (averaging the
+input's axis mirrorings where the campaign file says ``"mirroring": true``), chooses
 the post-processing on all of them (:func:`unet3d.postprocessing.choose`) and
 scores them (:mod:`unet3d.training.oof`). ``sync`` copies the status, the
 study table, the out-of-fold report, the curves and the published fold models

@@ -6,6 +6,7 @@ it, post-processing chosen on all of them, scores per fold, and the folds' curve
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 import zlib
@@ -32,10 +33,12 @@ REGIONS = ("WT", "TC", "ET")
 
 
 def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Path],
-                        data_dir: Path, out_dir: Path, log=print) -> dict[str, dict[str, Any]]:
+                        data_dir: Path, out_dir: Path, log=print, mirroring: bool = False
+                        ) -> dict[str, dict[str, Any]]:
     """Segments each fold's validation cases with that fold's model, in the model's space
-    (brain crop, 1 mm), before any post-processing. Each case is kept as
-    ``out_dir/<case>.npz`` (``classes``, ``truth``, ``fold``); cases already there are
+    (brain crop, 1 mm), before any post-processing; with ``mirroring``, averaging the
+    input's axis mirrorings. Each case is kept as ``out_dir/<case>.npz`` (``classes``,
+    ``truth``, ``fold``); cases already there, made the same way by the same model, are
     read, not predicted again.
 
     Returns:
@@ -49,7 +52,7 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
         model = None
         for case_id in fold["val"]:
             path = out_dir / f"{case_id}.npz"
-            made_by = model_stamp(models[k])
+            made_by = model_stamp(models[k]) + (":mirrored" if mirroring else "")
             if path.is_file():
                 with np.load(path) as stored:
                     if "model" in stored and str(stored["model"]) == made_by:
@@ -61,7 +64,7 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
                 predictor = WindowPredictor(model.predict_fn, stride=model.stride,
                                             patch_size=model.patch_size,
                                             base_filters=model.base_filters,
-                                            spatial_dims=model.spatial_dims,
+                                            spatial_dims=model.spatial_dims, tta=mirroring,
                                             mode="sliding" if model.fixed_window else "auto")
             case = find_any_case(data_dir / case_id, modalities=model.modalities,
                                  require_label=True)
@@ -132,14 +135,16 @@ def summary(rows: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def out_of_fold_report(results: dict[str, dict[str, Any]],
-                       regions: tuple[str, ...] = REGIONS, slices: bool = False
-                       ) -> dict[str, Any]:
+                       regions: tuple[str, ...] = REGIONS, slices: bool = False,
+                       mirroring: bool = False) -> dict[str, Any]:
     """Chooses post-processing on every out-of-fold case and scores ``regions`` before and
     after it, per case, per fold and over all cases (with ``slices``: per-slice figures of
-    the first region after post-processing too, :func:`slice_scores`)."""
+    the first region after post-processing too, :func:`slice_scores`). ``mirroring``: the
+    cases were predicted with mirroring, which the plan then records."""
     class_maps = {c: r["classes"] for c, r in results.items()}
     truths = {c: r["truth"] for c, r in results.items()}
     plan, table = choose(class_maps, truths)
+    plan = dataclasses.replace(plan, mirroring=mirroring)
     raw = PostProcessing(et_min_voxels=0)
     cases = {}
     for case_id, r in sorted(results.items()):
