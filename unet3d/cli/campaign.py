@@ -36,12 +36,7 @@ from unet3d.training.campaign import (
 )
 from unet3d.training.campaign_results import copy_atomic
 from unet3d.training.campaign_ship import ship
-from unet3d.training.oof import (
-    out_of_fold_report,
-    plot_curves,
-    predict_out_of_fold,
-    write_report,
-)
+from unet3d.training.oof import out_of_fold_report, plot_curves, predict_out_of_fold, write_report
 from unet3d_base.errors import InputError
 from unet3d_base.fileio import atomic_write_text
 
@@ -75,11 +70,10 @@ def out_of_fold(campaign: dict[str, Any], runs_dir: Path, log=print) -> dict[str
     if missing:
         raise InputError(f"{runs_dir / 'published'}: no model yet for fold(s) "
                          f"{', '.join(map(str, missing))}; finish the folds stage first")
-    mirroring = bool(campaign.get("mirroring", False))
-    results = predict_out_of_fold(split, models, campaign["_data"], runs_dir / "oof", log=log,
-                                  mirroring=mirroring)
-    report = out_of_fold_report(results, campaign["_regions"], is_lgg_root(campaign["_data"]),
-                                mirroring=mirroring)
+    mirror = bool(campaign.get("mirroring", False))
+    results = predict_out_of_fold(split, models, campaign["_data"], runs_dir / "oof", log, mirror)
+    lgg = is_lgg_root(campaign["_data"])
+    report = out_of_fold_report(results, campaign["_regions"], lgg, mirror)
     write_report(report, runs_dir / "oof.json")
     plan = PostProcessing(**report["plan_values"])
     for path in sorted((runs_dir / "published").glob("*.keras")):  # the final model too
