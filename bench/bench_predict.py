@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np  # noqa: E402
 
-from unet3d.env import apply_defaults  # noqa: E402
+from unet3d.env import prepare_backend  # noqa: E402
 
-apply_defaults()  # TensorFlow environment defaults, before TF loads
+prepare_backend()  # as predict.py: environment defaults, then TensorFlow (without JAX)
 
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats2018" / "Brats18_CBICA_AOZ_1"
 

@@ -33,9 +33,9 @@ import json
 import time
 from pathlib import Path
 
-from unet3d.env import apply_defaults
+from unet3d.env import prepare_backend
 
-apply_defaults()  # TensorFlow environment defaults (oneDNN), before TF loads
+prepare_backend()  # as predict.py: environment defaults, then TensorFlow (without JAX)
 
 from data_generators.geometry import load_case_for_model  # noqa: E402
 from data_generators.labels import classes_to_labels, resolve_convention  # noqa: E402
