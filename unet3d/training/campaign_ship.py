@@ -164,8 +164,9 @@ def choice_lines(campaign: dict[str, Any]) -> list[str]:
         lines += ["## Recipe", "", campaign["recipe_choice"], ""]
         if results.is_file():
             where = _relative(results, campaign["_models"].parent.parent)
-            lines += [f"The study's table, with the spread across folds: [{where}](../{where}).",
-                      ""]
+            what = ("The study's table, with the spread across folds"
+                    if campaign.get("study", {}).get("arms") else "The campaign's figures")
+            lines += [f"{what}: [{where}](../{where}).", ""]
     if campaign.get("shipped_choice"):
         lines += ["## One model, not the fold ensemble", "", campaign["shipped_choice"], ""]
     return lines
@@ -195,7 +196,8 @@ def training_lines(status: dict[str, Any], campaign: dict[str, Any]) -> list[str
                 for e in runs.values())
     machines = sorted({e["machine"] for e in runs.values() if e.get("machine")})
     curves = campaign["_file"].parent / "curves.png"
-    lines += ["", f"CPU-hours, the recipe study included: {total:.1f} (user + system time of "
+    study = ", the recipe study included" if campaign.get("study", {}).get("arms") else ""
+    lines += ["", f"CPU-hours{study}: {total:.1f} (user + system time of "
               "the training processes), on " + ("; ".join(machines) or "an unrecorded machine")
               + "."]
     if campaign.get("training_note"):
