@@ -24,7 +24,7 @@ REPO = REPO_MODELS.parent
 MODEL = REPO_MODELS / "lgg_unet2d.keras"
 EDGE = REPO_MODELS / "lgg_unet2d_edge.keras"
 EDGE_INT8 = REPO_MODELS / "lgg_unet2d_edge_int8.tflite"
-OOF = {MODEL: REPO / "campaigns" / "lgg_cv5" / "oof.json",
+OOF = {MODEL: REPO / "campaigns" / "lgg_b16_cv5" / "oof.json",
        EDGE: REPO / "campaigns" / "lgg_edge_cv5" / "oof.json"}
 
 
@@ -63,9 +63,10 @@ def test_shipped_lgg_files_load_safely_with_card_config_split(model):
 @pytest.mark.parametrize("model", [MODEL, EDGE], ids=["lgg_unet2d", "lgg_unet2d_edge"])
 def test_shipped_lgg_model_segments_a_real_patient(model, tmp_path, capsys):
     """A patient the model trained on: at least about what the fold model that never saw
-    it scored out of fold (a guard against a broken file; the card has the evaluation)."""
+    it scored out of fold (a guard against a broken file; the card has the evaluation).
+    The patient that fold model scored best on, so that the bar is a high one."""
     oof = json.loads(OOF[model].read_text())
-    patient_id = sorted(oof["cases"])[0]
+    patient_id = max(oof["cases"], key=lambda c: oof["cases"][c]["postprocessed"]["Dice_WT"])
     dice, _ = segment(model, require_lgg() / patient_id, tmp_path, capsys)
     assert dice > oof["cases"][patient_id]["postprocessed"]["Dice_WT"] - 0.05
 

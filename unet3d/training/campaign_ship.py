@@ -119,8 +119,12 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
     if campaign.get("card_note"):
         lines += [campaign["card_note"], ""]
     lines += choice_lines(campaign)
-    lines += ["## Post-processing", "", f"{oof['plan']}: chosen on the {cases} out-of-fold "
-              "cases, stored in the model file, applied by `predict.py`.", ""]
+    plan = oof["plan"].removeprefix("mirrored inputs averaged, ")
+    mirrored = (f" The {2 ** config.model.spatial_dims} axis mirrorings of the input are "
+                "averaged, as the campaign file says, and `predict.py` does the same unless "
+                "`--no-tta`.") if plan != oof["plan"] else ""
+    lines += ["## Post-processing", "", f"{plan}: chosen on the {cases} out-of-fold "
+              f"cases, stored in the model file, applied by `predict.py`.{mirrored}", ""]
     lines += training_lines(status, campaign)
     lines += ["## Configuration", "", "| key | value |", "|---|---|",
               f"| parameters | {parameters:,} |",
