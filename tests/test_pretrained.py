@@ -140,7 +140,8 @@ def test_predict_names_the_shipped_model(val_case, tmp_path, capsys):
         "et_largest_component": plan.et_largest_component,
         "tc_min_component_voxels": plan.tc_min_component_voxels,
         "et_min_component_voxels": plan.et_min_component_voxels,
-        "source": "model", "rules": plan.describe()}
+        "mirroring": plan.mirroring, "source": "model", "rules": plan.describe()}
+    assert report["settings"]["resolved_tta"] is plan.mirroring
     assert f"post-processing (model): {plan.describe()}" in out
     assert report["model"]["path"] == str(KERAS)
 
