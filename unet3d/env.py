@@ -53,7 +53,7 @@ def import_tensorflow_quietly() -> None:
 
     JAX is kept out of that import: ``tensorflow.lite.python.util`` imports it where it
     is installed (for converting JAX functions, which nothing here does), and it then
-    stays resident in every TensorFlow process: 0.14 GB of the 0.77 GB ``import
+    stays resident in every TensorFlow process: 0.13 GB of the 0.74 GB ``import
     tensorflow`` leaves resident (AMD EPYC, JAX 0.10). A later ``import jax`` still works.
     """
     if "tensorflow" in sys.modules:
