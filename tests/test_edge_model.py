@@ -12,9 +12,11 @@ from data_generators.labels import labels_to_regions
 from tests.conftest import REPO, require_brats
 from unet3d.artifacts import load_artifact
 from unet3d.artifacts.litert_file import op_names
+from unet3d.artifacts.plan_file import read_plan, write_plan
 from unet3d.cli.postprocess import main as postprocess_main
 from unet3d.evaluation.scores import dice
 from unet3d.inference.pipeline import PredictSettings, predict_case
+from unet3d.postprocessing import PostProcessing
 
 MODELS = REPO / "models"
 KERAS = MODELS / "brats_unet2d_edge.keras"
@@ -63,3 +65,29 @@ def test_postprocess_chooses_a_plan_for_a_slice_network(tmp_path, capsys):
                 for line in capsys.readouterr().out.splitlines() if line.count(" ") > 4)
     scores = [float(v) for v in rows["all components, no ET relabelling"]]
     assert scores == pytest.approx(expected, abs=1.5e-3), (scores, expected)
+
+
+@pytest.mark.slow
+def test_postprocess_keeps_a_mirroring_model_mirroring(tmp_path, capsys):
+    """A model whose stored plan mirrors is scored mirrored, and its new plan still says so:
+    the no-op row is predict.py's Dice with the mirrorings averaged."""
+    case = require_brats() / HELD_OUT
+    model = tmp_path / "mirrored.keras"
+    model.write_bytes(KERAS.read_bytes())
+    write_plan(model, PostProcessing(et_min_voxels=0, mirroring=True))
+    truth = labels_to_regions(np.asarray(nib.load(case / f"{HELD_OUT}_seg.nii.gz").dataobj))
+    report = predict_case(case, tmp_path / "out", load_artifact(model),
+                          PredictSettings(postprocess=False))
+    assert report["settings"]["resolved_tta"] is True
+    regions = labels_to_regions(np.asarray(nib.load(report["segmentation"]).dataobj))
+    expected = [dice(regions[..., i], truth[..., i]) for i in range(3)]
+    capsys.readouterr()
+    assert postprocess_main(["--model", str(model), "--data", str(case.parent),
+                             "--cases", HELD_OUT, "--write"]) == 0
+    out = capsys.readouterr().out
+    rows = dict(line.rsplit(maxsplit=4)[:1] + [line.rsplit(maxsplit=4)[1:4]]
+                for line in out.splitlines() if line.count(" ") > 4)
+    scores = [float(v) for v in rows["all components, no ET relabelling"]]
+    assert scores == pytest.approx(expected, abs=1.5e-3), (scores, expected)
+    assert "cases: mirrored inputs averaged, " in out
+    assert read_plan(model).mirroring is True

@@ -7,6 +7,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     model = load_artifact(args.model, precision=resolve_precision(args.precision))
+    # a model whose stored plan mirrors keeps mirroring: the plan is chosen on what it predicts
+    mirroring = bool(model.postprocessing is not None and model.postprocessing.mirroring)
     predictor = WindowPredictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
-                          base_filters=model.base_filters, spatial_dims=model.spatial_dims)
+                                base_filters=model.base_filters, spatial_dims=model.spatial_dims,
+                                tta=mirroring)
     class_maps, truths = {}, {}
     for case_id in args.cases:
         case = find_case(Path(args.data) / case_id, modalities=model.modalities,
@@ -65,7 +69,8 @@ def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
         cropped, label, _ = preprocess_case(image, label, model.normalization)
         class_maps[case_id] = probabilities_to_classes(predictor(cropped), model.output_mode)
         truths[case_id] = label
-    return choose(class_maps, truths)
+    plan, table = choose(class_maps, truths)
+    return dataclasses.replace(plan, mirroring=mirroring), table
 
 
 if __name__ == "__main__":  # through the entry point, which answers a full disk too
