@@ -16,7 +16,7 @@ from data_generators.io import find_case
 from data_generators.preprocessing import preprocess_case
 from unet3d.artifacts import load_artifact, write_plan
 from unet3d.env import prepare_backend
-from unet3d.inference.pipeline import probabilities_to_classes
+from unet3d.inference.pipeline import PredictSettings, probabilities_to_classes, resolve_tta
 from unet3d.inference.predictor import WindowPredictor
 from unet3d.postprocessing import PostProcessing, choose
 from unet3d.precision import resolve_precision
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _choose_for(args: argparse.Namespace) -> tuple[PostProcessing, dict]:
     model = load_artifact(args.model, precision=resolve_precision(args.precision))
     # a model whose stored plan mirrors keeps mirroring: the plan is chosen on what it predicts
-    mirroring = bool(model.postprocessing is not None and model.postprocessing.mirroring)
+    mirroring = resolve_tta(model.postprocessing, PredictSettings())
     predictor = WindowPredictor(model.predict_fn, stride=model.stride, patch_size=model.patch_size,
                                 base_filters=model.base_filters, spatial_dims=model.spatial_dims,
                                 tta=mirroring)

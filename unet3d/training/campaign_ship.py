@@ -4,6 +4,7 @@ fold, its recipe, its split and its card, every one written from the campaign's 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.plan_file import read_plan
 from unet3d.config import TrainConfig
+from unet3d.postprocessing import PostProcessing
 from unet3d.training.campaign_plan import REGIONS, read_json, read_split
 from unet3d.training.campaign_results import copy_atomic
 from unet3d_base.errors import InputError
@@ -119,11 +121,12 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
     if campaign.get("card_note"):
         lines += [campaign["card_note"], ""]
     lines += choice_lines(campaign)
-    plan = oof["plan"].removeprefix("mirrored inputs averaged, ")
+    plan = PostProcessing(**oof["plan_values"])
     mirrored = (f" The {2 ** config.model.spatial_dims} axis mirrorings of the input are "
                 "averaged, as the campaign file says, and `predict.py` does the same unless "
-                "`--no-tta`.") if plan != oof["plan"] else ""
-    lines += ["## Post-processing", "", f"{plan}: chosen on the {cases} out-of-fold "
+                "`--no-tta`.") if plan.mirroring else ""
+    rules = dataclasses.replace(plan, mirroring=False).describe()  # what was chosen
+    lines += ["## Post-processing", "", f"{rules}: chosen on the {cases} out-of-fold "
               f"cases, stored in the model file, applied by `predict.py`.{mirrored}", ""]
     lines += training_lines(status, campaign)
     lines += ["## Configuration", "", "| key | value |", "|---|---|",
