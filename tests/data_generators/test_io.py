@@ -201,27 +201,20 @@ def test_affine_within_tolerance_is_accepted(make_case):
     assert image.shape == (8, 9, 10, 4)
 
 
-def test_nan_voxels(make_case):
-    folder = make_case()
-    path = folder / "Case_001_t2.nii.gz"
-    data = np.ones((8, 9, 10), np.float32)
-    data[2, 3, 4] = np.nan
-    save_nifti(path, data)
-    with pytest.raises(InputError) as excinfo:
-        load_case(find_case(folder))
-    _one_line_error(excinfo, str(path), "NaN")
-
-
-def test_float64_voxels_beyond_float32_are_refused(make_case):
+@pytest.mark.parametrize("modality, dtype, value, word", [
+    ("t2", np.float32, np.nan, "NaN"),
     # finite in the file, infinite once cast to the float32 the network reads
+    ("flair", np.float64, 1e300, "infinite"),
+], ids=["nan", "float64_beyond_float32"])
+def test_non_finite_voxels(make_case, modality, dtype, value, word):
     folder = make_case()
-    path = folder / "Case_001_flair.nii.gz"
-    data = np.ones((8, 9, 10), np.float64)
-    data[1, 2, 3] = 1e300
+    path = folder / f"Case_001_{modality}.nii.gz"
+    data = np.ones((8, 9, 10), dtype)
+    data[2, 3, 4] = value
     save_nifti(path, data)
     with pytest.raises(InputError) as excinfo:
         load_case(find_case(folder))
-    _one_line_error(excinfo, str(path), "infinite")
+    _one_line_error(excinfo, str(path), word)
 
 
 def test_channels_of_mixed_dtypes_are_copied_exactly(tmp_path):

@@ -5,6 +5,7 @@ their common patients, and the shipped LGG split."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -134,20 +135,31 @@ def test_study_table_compares_arms_on_their_common_cases(monkeypatch):
     assert table["b"]["mean"]["WT"] == pytest.approx(0.5)
 
 
-def test_out_of_fold_segments_lgg_patients_with_2d_fold_models(tmp_path):
-    """Fold models (tiny, untrained, 2D) segment their fold's patients; every patient is
-    scored on WT with per-slice figures, worked out again from the stored class maps."""
-    folders = write_synthetic_lgg(tmp_path / "data", patients=4, slices=4, size=32, seed=1)
+def two_fold_lgg(tmp_path, patients: int, slices: int, data_seed: int, model_seed: int
+                 ) -> tuple[list[str], list[dict[str, list[str]]], dict[int, Path]]:
+    """Synthetic LGG patients in ``tmp_path / "data"``, split in two folds, and a tiny
+    untrained 2D model per fold (seeded ``model_seed + k``): ``(ids, split, models)``."""
+    folders = write_synthetic_lgg(tmp_path / "data", patients=patients, slices=slices,
+                                  size=32, seed=data_seed)
     ids = sorted(f.name for f in folders)
-    split = [{"train": ids[2:], "val": ids[:2]}, {"train": ids[:2], "val": ids[2:]}]
+    half = patients // 2
+    split = [{"train": ids[half:], "val": ids[:half]}, {"train": ids[:half], "val": ids[half:]}]
     model_config = ModelConfig(base_filters=2, depth=2, segmentation_levels=1, in_channels=3,
                                spatial_dims=2, dropout=0.0)
     config = TrainConfig(model=model_config, modalities=("t1", "flair", "t1ce"),
                          patch_size=(16, 16)).to_dict()
     models = {}
     for k in (0, 1):
-        keras.utils.set_random_seed(k)
+        keras.utils.set_random_seed(model_seed + k)
         models[k] = save_model(build_unet3d(model_config), tmp_path / f"fold_{k}.keras", config)
+    return ids, split, models
+
+
+def test_out_of_fold_segments_lgg_patients_with_2d_fold_models(tmp_path):
+    """Fold models (tiny, untrained, 2D) segment their fold's patients; every patient is
+    scored on WT with per-slice figures, worked out again from the stored class maps."""
+    ids, split, models = two_fold_lgg(tmp_path, patients=4, slices=4, data_seed=1,
+                                      model_seed=0)
     found = predict_out_of_fold(split, models, tmp_path / "data", tmp_path / "oof",
                                 log=lambda _: None)
     assert sorted(found) == ids
@@ -170,17 +182,8 @@ def test_out_of_fold_with_mirroring_averages_the_in_plane_flips(tmp_path):
     """With the campaign's ``mirroring``, each patient's prediction is the mean of the
     network's output on the 4 in-plane mirrorings (worked out here flip by flip), kept apart
     from the unmirrored one, and the chosen plan records it for predict.py."""
-    folders = write_synthetic_lgg(tmp_path / "data", patients=2, slices=3, size=32, seed=4)
-    ids = sorted(f.name for f in folders)
-    split = [{"train": ids[1:], "val": ids[:1]}, {"train": ids[:1], "val": ids[1:]}]
-    model_config = ModelConfig(base_filters=2, depth=2, segmentation_levels=1, in_channels=3,
-                               spatial_dims=2, dropout=0.0)
-    config = TrainConfig(model=model_config, modalities=("t1", "flair", "t1ce"),
-                         patch_size=(16, 16)).to_dict()
-    models = {}
-    for k in (0, 1):
-        keras.utils.set_random_seed(10 + k)
-        models[k] = save_model(build_unet3d(model_config), tmp_path / f"fold_{k}.keras", config)
+    ids, split, models = two_fold_lgg(tmp_path, patients=2, slices=3, data_seed=4,
+                                      model_seed=10)
     plain = predict_out_of_fold(split, models, tmp_path / "data", tmp_path / "oof",
                                 log=lambda _: None)
     mirrored = predict_out_of_fold(split, models, tmp_path / "data", tmp_path / "oof",
