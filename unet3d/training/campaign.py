@@ -25,8 +25,11 @@ Stages:
   ``epochs`` epochs; while its validation curve (mean Dice of the validation
   patches, per epoch) still rose by more than ``tolerance`` in its last
   ``flat_fraction`` of epochs, it is resumed for ``extend_by`` more, up to
-  ``max_epochs``. A finished fold's ``best.keras`` is saved without optimizer
-  state as ``published/fold_<k>.keras`` in the runs folder.
+  ``max_epochs``. A finished fold's ``best.keras`` (``last.keras`` with
+  ``"publish": "last"``) is saved without optimizer state as
+  ``published/fold_<k>.keras`` in the runs folder. A campaign's ``init_from``
+  (``{"folds": "<path with {fold}>", "final": "<path>"}``) warm-starts each run
+  from a model, as ``train.py --init-from``.
 - ``final``: the recipe on every case without validation (nnU-Net's fold
   "all") for the median of the folds' epochs: ``published/all.keras``.
 
@@ -62,6 +65,7 @@ from unet3d.training.campaign_plan import (  # noqa: F401  (the campaign's API, 
     load_campaign,
     make_split,
     planned_runs,
+    published_checkpoint,
     read_curve,
     read_json,
     read_split,
@@ -254,7 +258,7 @@ class Campaign:
         entry["flat"] = bool(flat)
         entry["curve"] = self._curve(run_dir)  # kept in the status: the figure outlives the run
         published = self.runs_dir / "published" / f"fold_{run['fold']}.keras"
-        publish_weights(run_dir / "best.keras", published)
+        publish_weights(run_dir / published_checkpoint(self.campaign), published)
         entry["published"] = str(published)
         entry["state"] = "done"
         self.save_status()
@@ -273,13 +277,14 @@ class Campaign:
     def _run_final(self, run: dict[str, Any]) -> int:
         run_dir = self.runs_dir / run["name"]
         epochs = self.final_epochs()
-        if len(self._curve(run_dir)["epoch"]) < epochs or not (run_dir / "best.keras").is_file():
+        if len(self._curve(run_dir)["epoch"]) < epochs or \
+                not (run_dir / published_checkpoint(self.campaign)).is_file():
             code = self._train(run, epochs)
             if code:
                 return code
         entry = self.entry(run["name"])
         published = self.runs_dir / "published" / "all.keras"
-        publish_weights(run_dir / "best.keras", published)
+        publish_weights(run_dir / published_checkpoint(self.campaign), published)
         entry.update(published=str(published), state="done", epochs_done=epochs)
         self.save_status()
         return 0

@@ -45,7 +45,21 @@ def load_campaign(path: str | Path, data: str | Path | None = None) -> dict[str,
     if not regions or not set(regions) <= set(REGIONS):
         raise InputError(f"{path}: 'regions' must list some of {', '.join(REGIONS)}")
     campaign["_regions"] = regions
+    if campaign["folds"].get("publish", "best") not in ("best", "last"):
+        raise InputError(f"{path}: folds 'publish' must be 'best' or 'last'")
+    starts = campaign.get("init_from", {})
+    if not isinstance(starts, dict) or not set(starts) <= {"folds", "final"}:
+        raise InputError(f"{path}: 'init_from' maps 'folds' and/or 'final' to model files")
+    campaign["_init_from"] = {stage: str((root / Path(value).expanduser()).resolve())
+                              for stage, value in starts.items()}
     return campaign
+
+
+def published_checkpoint(campaign: dict[str, Any]) -> str:
+    """The checkpoint a finished run publishes: ``best.keras`` (the best validation
+    epoch) unless the campaign's folds say ``"publish": "last"`` (the last epoch, chosen
+    without looking at the fold's validation cases)."""
+    return f"{campaign['folds'].get('publish', 'best')}.keras"
 
 
 def make_split(case_ids: list[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
@@ -101,10 +115,15 @@ def planned_runs(campaign: dict[str, Any], stage: str) -> list[dict[str, Any]]:
         for k in range(len(split)):
             config = {**recipe, "epochs": schedule["epochs"],
                       "steps_per_epoch": schedule["steps_per_epoch"]}
+            if "folds" in campaign.get("_init_from", {}):  # warm start, fold by fold
+                config["init_from"] = campaign["_init_from"]["folds"].format(fold=k)
             runs.append({"name": f"folds/fold{k}", "fold": k, "config": config})
     elif stage == "final":  # nnU-Net's fold "all": every case, no validation
         runs = planned_runs(campaign, "folds")[:1]
         runs[0].update(name="final/all", fold=None)
+        runs[0]["config"].pop("init_from", None)
+        if "final" in campaign.get("_init_from", {}):
+            runs[0]["config"]["init_from"] = campaign["_init_from"]["final"]
     else:
         raise InputError(f"unknown stage {stage!r} (study, folds or final)")
     usable: dict[tuple[str, ...], set[str]] = {}
