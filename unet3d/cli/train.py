@@ -47,7 +47,7 @@ OVERRIDES = {
     "strategy": "strategy", "init_from": "init_from",
     "freeze_encoder_epochs": "freeze_encoder_epochs", "spatial_dims": "spatial_dims",
     "checkpoint_every": "checkpoint_every",
-    "attention_gates": "attention_gates",
+    "attention_gates": "attention_gates", "input_stride": "input_stride",
 }
 # TrainConfig (or ModelConfig) field -> the option that sets it, for error messages
 FLAGS = {field: "--" + option.replace("_", "-") for option, field in OVERRIDES.items()} | {
@@ -73,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attention-gates", action=argparse.BooleanOptionalAction,
                         help="additive attention gates on the skip connections (Oktay et al. "
                              "2018)")
+    parser.add_argument("--input-stride", type=int, choices=(1, 2),
+                        help="2D only: 2 runs the network at half the slice's resolution "
+                             "(average pooling in, bilinear upsampling out; default 1)")
     parser.add_argument("--modalities", nargs="+", metavar="NAME",
                         help=f"input sequences, in channel order (any of {', '.join(MODALITIES)};"
                              " default all four)")

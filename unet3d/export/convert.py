@@ -29,11 +29,14 @@ DEFAULT_CALIBRATION_PATCHES = 8
 
 
 def model_stride(model) -> int:
-    """2 ** (number of stride-2 encoder convolutions): spatial sizes must be multiples of it.
+    """2 ** (number of stride-2 encoder convolutions), times the input pooling's stride if
+    any: spatial sizes must be multiples of it.
     (An attention gate's strided convolution works on a grid the encoder already halved.)"""
     strided = [layer for layer in model.layers if type(layer).__name__ in ("Conv2D", "Conv3D")
                and set(layer.get_config()["strides"]) != {1} and "attention" not in layer.name]
-    return 2 ** len(strided)
+    pooled = [layer.get_config()["pool_size"][0] for layer in model.layers
+              if type(layer).__name__ == "AveragePooling2D"]  # ModelConfig.input_stride
+    return 2 ** len(strided) * int(np.prod(pooled))
 
 
 def model_dims(model) -> int:

@@ -85,6 +85,26 @@ def _upsampling2d(layer, config: dict[str, Any]) -> Lowered:
         align_corners=False, half_pixel_centers=False)
 
 
+def _depthwise_conv2d(layer, config: dict[str, Any]) -> Lowered:
+    """The fixed smoothing behind an input stride's upsampling (``output_smooth``)."""
+    if config["padding"] != "same" or set(config["strides"]) != {1} \
+            or set(config["dilation_rate"]) != {1} or config["use_bias"] \
+            or config.get("activation", "linear") not in ("linear", None):
+        raise InputError(f"layer {layer.name}: only a 'same', unstrided DepthwiseConv2D "
+                         "without bias can be exported")
+    kernel = tf.constant(_weights(layer)[0])
+    return lambda xs: tf.nn.depthwise_conv2d(xs[0], kernel, [1, 1, 1, 1], "SAME")
+
+
+def _average_pooling2d(layer, config: dict[str, Any]) -> Lowered:
+    """The input pooling of a network with an input stride."""
+    pool = tuple(config["pool_size"])
+    if tuple(config["strides"]) != pool or config["padding"] != "valid" or len(set(pool)) != 1:
+        raise InputError(f"layer {layer.name}: only non-overlapping square AveragePooling2D "
+                         "can be exported")
+    return lambda xs: tf.nn.avg_pool2d(xs[0], pool, pool, padding="VALID")
+
+
 def _upsampling3d(layer, config: dict[str, Any]) -> Lowered:
     if tuple(config["size"]) != (2, 2, 2):
         raise InputError(f"layer {layer.name}: only UpSampling3D(size=2) can be exported")
@@ -155,6 +175,8 @@ LOWERINGS: dict[str, Callable[[Any, dict[str, Any]], Lowered]] = {
     "Conv2D": _conv2d,
     "UpSampling2D": _upsampling2d,
     "UpSampling3D": _upsampling3d,
+    "AveragePooling2D": _average_pooling2d,
+    "DepthwiseConv2D": _depthwise_conv2d,
     "GroupNormalization": _group_norm,
     "Multiply": _multiply,
     "ReLU": _relu,
@@ -175,8 +197,8 @@ def lower_layer(layer) -> Lowered:
     Args:
         layer: a keras layer of the kinds the U-Net uses (Conv3D or Conv2D,
             GroupNormalization, LeakyReLU, Dropout, Add, Concatenate,
-            UpSampling3D or UpSampling2D, Activation, and an attention
-            gate's ReLU and Multiply).
+            UpSampling3D or UpSampling2D, Activation, an attention
+            gate's ReLU and Multiply, and an input stride's AveragePooling2D and DepthwiseConv2D).
 
     Returns:
         A function of the layer's input tensors (folded `(D, H, W, C)`).

@@ -22,6 +22,10 @@ from unet3d.models.layers import (
     upsampling_module,
 )
 
+# x2 nearest upsampling then this binomial kernel is bilinear interpolation with pixel
+# centres at (i + 0.5) / 2, except on the outermost rows and columns (zero padding)
+SMOOTHING = np.outer([0.25, 0.5, 0.25], [0.25, 0.5, 0.25])
+
 
 def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
                  spatial_shape: tuple[int, int, int] | None = None) -> keras.Model:
@@ -36,7 +40,10 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
     and a localization module. Deep supervision: 1x1x1 segmentation layers
     on the lowest ``segmentation_levels`` decoder outputs, each upscaled x2
     and added to the next, then the final sigmoid (``regions``) or softmax
-    (``labels``), kept in float32 under mixed precision.
+    (``labels``), kept in float32 under mixed precision. With
+    ``config.input_stride`` 2 (2D only) the input is average-pooled 2x2 first, and
+    the summed logits are upsampled x2 (nearest) and smoothed by the fixed
+    :data:`SMOOTHING` kernel: bilinear, but for the outermost pixels.
 
     Args:
         config: ModelConfig or None (the paper's defaults).
@@ -58,6 +65,8 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
 
     skips = []
     x = inputs
+    if config.input_stride > 1:  # the network works at a fraction of the resolution
+        x = layers.AveragePooling2D(config.input_stride, name="input_pool")(x)
     for level in range(config.depth):
         filters = config.base_filters * 2**level
         x = conv(x, filters, strides=1 if level == 0 else 2, l2=config.l2,
@@ -87,9 +96,18 @@ def build_unet3d(config: ModelConfig | None = None, name: str = "isensee2017",
         logits = upsample(logits, name=f"deep_supervision{index}_up")
         logits = layers.Add(name=f"deep_supervision{index}_sum")([logits, seg])
 
+    if config.input_stride > 1:  # bilinear x2 inside the slice: nearest, then fixed weights
+        logits = upsample(logits, name="output_up")
+        logits = layers.DepthwiseConv2D(3, padding="same", use_bias=False, trainable=False,
+                                        name="output_smooth")(logits)
     activation = "sigmoid" if config.output_mode == "regions" else "softmax"
     outputs = layers.Activation(activation, dtype="float32", name="probabilities")(logits)
-    return keras.Model(inputs, outputs, name=name)
+    model = keras.Model(inputs, outputs, name=name)
+    if config.input_stride > 1:
+        smooth = model.get_layer("output_smooth")
+        smooth.set_weights([np.broadcast_to(SMOOTHING[:, :, None, None],
+                                            smooth.kernel.shape).astype(np.float32)])
+    return model
 
 
 def conv_flops(model: keras.Model) -> int:

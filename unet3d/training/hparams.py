@@ -36,6 +36,7 @@ def flat_hparams(config: dict[str, Any]) -> dict[str, Any]:
         "output_mode": str(model.get("output_mode", "regions")),
         "spatial_dims": int(model.get("spatial_dims", 3)),
         "attention_gates": bool(model.get("attention_gates", False)),
+        "input_stride": int(model.get("input_stride", 1)),
         "modalities": ",".join(config.get("modalities") or ()),
         "patch_size": "x".join(str(p) for p in patch),
         "batch_size": int(config.get("batch_size", 2)),
