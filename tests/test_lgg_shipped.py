@@ -25,7 +25,7 @@ MODEL = REPO_MODELS / "lgg_unet2d.keras"
 EDGE = REPO_MODELS / "lgg_unet2d_edge.keras"
 EDGE_INT8 = REPO_MODELS / "lgg_unet2d_edge_int8.tflite"
 OOF = {MODEL: REPO / "campaigns" / "lgg_b16_cv5" / "oof.json",
-       EDGE: REPO / "campaigns" / "lgg_edge_cv5" / "oof.json"}
+       EDGE: REPO / "campaigns" / "lgg_edge_s2_cv5" / "oof.json"}
 
 
 def segment(model, patient_dir, out, capsys) -> tuple[float, np.ndarray]:
