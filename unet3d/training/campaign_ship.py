@@ -23,8 +23,8 @@ PEERS = (
     ("Isensee et al. 2017, BraTS 2017 validation set (reported)", (0.90, 0.80, 0.73)),
     ("ellisdg/3DUnetCNN (Keras), BraTS 2018 validation set (reported)", (0.86, 0.76, 0.65)),
 )
-CARD_KEYS = ("base_filters", "depth", "segmentation_levels", "output_mode", "epochs",
-             "steps_per_epoch", "batch_size", "seed", "loss", "batch_dice", "label_convention",
+CARD_KEYS = ("base_filters", "depth", "input_stride", "segmentation_levels", "output_mode",
+             "epochs", "steps_per_epoch", "batch_size", "seed", "loss", "batch_dice", "label_convention",
              "normalization", "foreground_fraction", "augment_strength", "learning_rate",
              "lr_decay", "precision")
 
@@ -136,7 +136,8 @@ def card_text(name: str, campaign: dict[str, Any], recipe: dict[str, Any],
     for key in CARD_KEYS:
         value = getattr(config.model, key) if hasattr(config.model, key) \
             else getattr(config, key)
-        lines.append(f"| {key} | {value} |")
+        if key != "input_stride" or value != 1:  # shown where the network uses one
+            lines.append(f"| {key} | {value} |")
     lines += ["", f"`train.py --config models/{name}.config.json --data <data folder>` "
               "trains it again; `models/" + name + ".split.json` lists its cases and the "
               "cross-validation split the choices were made on.", ""]
