@@ -24,8 +24,8 @@ PEERS = (
     ("ellisdg/3DUnetCNN (Keras), BraTS 2018 validation set (reported)", (0.86, 0.76, 0.65)),
 )
 CARD_KEYS = ("base_filters", "depth", "input_stride", "segmentation_levels", "output_mode",
-             "epochs", "steps_per_epoch", "batch_size", "seed", "loss", "batch_dice", "label_convention",
-             "normalization", "foreground_fraction", "augment_strength", "learning_rate",
+             "epochs", "steps_per_epoch", "batch_size", "seed", "loss", "batch_dice",
+             "label_convention", "normalization", "foreground_fraction", "augment_strength", "learning_rate",
              "lr_decay", "precision")
 
 
