@@ -25,8 +25,8 @@ PEERS = (
 )
 CARD_KEYS = ("base_filters", "depth", "input_stride", "segmentation_levels", "output_mode",
              "epochs", "steps_per_epoch", "batch_size", "seed", "loss", "batch_dice",
-             "label_convention", "normalization", "foreground_fraction", "augment_strength", "learning_rate",
-             "lr_decay", "precision")
+             "label_convention", "normalization", "foreground_fraction", "augment_strength",
+             "learning_rate", "lr_decay", "precision")
 
 
 def ship(campaign: dict[str, Any], runs_dir: Path, name: str) -> list[Path]:
