@@ -21,10 +21,10 @@ FOLDS = {"epochs": 1, "steps_per_epoch": 2, "extend_by": 1, "max_epochs": 1,
          "flat_fraction": 0.2, "tolerance": 0.0}
 
 
-def write_campaign(root, name, **extra):
+def write_campaign(root, name, split="../first/splits_final.json", **extra):
     folder = root / "campaigns" / name
     folder.mkdir(parents=True)
-    definition = {"name": name, "data": "data", "split": "../first/splits_final.json",
+    definition = {"name": name, "data": "data", "split": split,
                   "split_folds": 2, "split_seed": 0, "models": f"models/{name}",
                   "study": {"folds": [], "base": {}, "arms": {}}, **extra}
     (folder / "campaign.json").write_text(json.dumps(definition))
@@ -44,10 +44,8 @@ def test_each_fold_starts_from_the_same_fold_of_another_campaign(tmp_path, monke
     root = tmp_path / "repo"
     write_synthetic_dataset(root / "data", n_cases=4, shape=(48, 48, 40), seed=4)
     recipe = {**BASE, "cache_dir": str(tmp_path / "cache")}
-    first = write_campaign(root, "first", recipe=recipe, folds=FOLDS)
-    (root / "campaigns" / "first" / "campaign.json").write_text(
-        (root / "campaigns" / "first" / "campaign.json").read_text().replace(
-            "../first/splits_final.json", "splits_final.json"))
+    first = write_campaign(root, "first", split="splits_final.json", recipe=recipe,
+                           folds=FOLDS)
     assert cli.main(["split", first]) == 0
     runs1 = tmp_path / "runs1"
     assert cli.main(["run", first, "--runs", str(runs1), "--stage", "folds"]) == 0
