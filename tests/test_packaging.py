@@ -161,7 +161,8 @@ def test_pyproject_pins_equal_requirements():
                + project["optional-dependencies"]["torch"])
     scripts = project["scripts"]
     assert set(scripts) == {"unet3d-train", "unet3d-predict", "unet3d-evaluate",
-                            "unet3d-export", "unet3d-postprocess", "unet3d-campaign"}
+                            "unet3d-export", "unet3d-postprocess", "unet3d-campaign",
+                            "unet3d-ensemble"}
 
 
 @pytest.mark.slow
@@ -173,7 +174,8 @@ def test_pip_install_into_a_fresh_venv(tmp_path):
                           str(REPO)], capture_output=True, text=True, timeout=1200)
     assert pip.returncode == 0, pip.stderr[-3000:]
     for script, words in (("unet3d-train", "--init-from"), ("unet3d-predict", "--tta"),
-                          ("unet3d-evaluate", "--gt"), ("unet3d-export", "--precision")):
+                          ("unet3d-evaluate", "--gt"), ("unet3d-export", "--precision"),
+                          ("unet3d-ensemble", "--manifest")):
         done = subprocess.run([str(venv / "bin" / script), "--help"], capture_output=True,
                               text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, (script, done.stderr[-2000:])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import keras
 import nibabel as nib
 import numpy as np
@@ -72,3 +75,60 @@ def test_predict_cli_segments_with_a_folder_model(tmp_path, capsys):
     source = next(case.glob("*_t1.nii.gz"))
     assert nib.load(seg).shape == nib.load(source).shape
     assert str(folder) in capsys.readouterr().out
+
+
+SLICES = TrainConfig(model=ModelConfig(base_filters=4, depth=3, dropout=0.0, spatial_dims=2,
+                                       in_channels=1, output_mode="regions"),
+                     modalities=("flair",), patch_size=(32, 32))
+
+
+def write_manifest(path, members, plan=None):
+    values = {"format": "unet3d-ensemble", "members": members}
+    if plan is not None:
+        values["postprocessing"] = plan.to_dict()
+    path.write_text(json.dumps(values))
+    return path
+
+
+def test_manifest_averages_different_networks(tmp_path):
+    # a 4-filter 3-level network (stride 4) and a 6-filter 4-level one at half resolution
+    # (stride 2 * 8 = 16, window 64x64): different networks, the same inputs and outputs
+    network = dataclasses.replace(SLICES.model, base_filters=6, depth=4, input_stride=2)
+    wide = dataclasses.replace(SLICES, model=network, patch_size=(64, 64))
+    (tmp_path / "members").mkdir()
+    models = [member(tmp_path / "members" / "a.keras", 0, config=SLICES),
+              member(tmp_path / "b.keras", 1, config=wide)]
+    plan = PostProcessing(largest_component=True, et_min_voxels=0)
+    ensemble = load_artifact(write_manifest(tmp_path / "lgg.json", ["members/a.keras",
+                                                                    "b.keras"], plan))
+    assert (ensemble.members, ensemble.stride, ensemble.patch_size) == (2, 16, (64, 64))
+    assert ensemble.postprocessing == plan  # the manifest's, not the members' (ET >= 200)
+    batch = np.random.default_rng(1).normal(size=(2, 48, 32, 1)).astype(np.float32)
+    each = [np.asarray(m(batch, training=False)) for m in models]
+    assert not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(ensemble.predict_fn(batch), (each[0] + each[1]) / 2, atol=1e-5)
+
+
+def test_manifest_without_a_plan_takes_the_members_agreed_one(tmp_path):
+    member(tmp_path / "a.keras", 0, config=SLICES)
+    member(tmp_path / "b.keras", 1, config=SLICES)
+    ensemble = load_artifact(write_manifest(tmp_path / "e.json", ["a.keras", "b.keras"]))
+    assert ensemble.postprocessing.et_min_voxels == 200 and ensemble.stride == 4
+
+
+def test_bad_manifests_are_refused(tmp_path):
+    member(tmp_path / "a.keras", 0, config=SLICES)
+    member(tmp_path / "t1.keras", 1, config=SLICES.replace(modalities=("t1",)))
+    bad = {"broken.json": ("{", "not a readable JSON file"),
+           "other.json": ('{"members": ["a.keras"]}', "not an ensemble manifest"),
+           "empty.json": ('{"format": "unet3d-ensemble", "members": []}',
+                          '"members" must be a non-empty list'),
+           "missing.json": ('{"format": "unet3d-ensemble", "members": ["a.keras", "b.keras"]}',
+                            "member .*b.keras not found"),
+           "mixed.json": ('{"format": "unet3d-ensemble", "members": ["a.keras", "t1.keras"]}',
+                          r"t1.keras: modalities \('t1',\) differs from a.keras's")}
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(InputError, match=f"{name if name != 'mixed.json' else ''}.*"
+                                             f"{message}"):
+            load_artifact(tmp_path / name)

@@ -9,11 +9,15 @@ post-processing chosen for it on validation cases (:mod:`unet3d.postprocessing`;
 
 A folder of ``fold_<k>.keras`` models (a cross-validation campaign's, as
 nnU-Net's model folders) is one artifact too: the ensemble, whose
-probabilities are the mean of its members'.
+probabilities are the mean of its members'. So is a ``.json`` manifest naming
+members that may be different networks (:func:`load_manifest`), as nnU-Net
+ensembles its configurations.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +53,7 @@ class Artifact:
     precision: str = "fp32"  # what a .keras network computes in; "litert" for .tflite files
     postprocessing: PostProcessing | None = None  # the plan stored with the model file
     normalization: str = "zscore"  # the intensity normalisation it was trained on
-    members: int = 1  # models averaged (a folder of fold models)
+    members: int = 1  # models averaged (a folder of fold models, an ensemble manifest)
 
 
 def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -> Artifact:
@@ -75,6 +79,8 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
     path = Path(path)
     if path.is_dir():
         return load_ensemble(path, precision=precision)
+    if path.suffix.lower() == ".json":
+        return load_manifest(path, precision=precision)
     if path.suffix.lower() == ".tflite":
         return _load_litert(path, threads)
     model = load_model(path)
@@ -100,8 +106,9 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
                        normalization=config.normalization)
 
 
-ENSEMBLE_FIELDS = ("modalities", "output_mode", "stride", "patch_size", "label_convention",
-                   "spatial_dims", "normalization")
+ENSEMBLE_FIELDS = ("modalities", "output_mode", "label_convention", "spatial_dims",
+                   "normalization")
+MANIFEST_FORMAT = "unet3d-ensemble"
 
 
 def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
@@ -111,20 +118,60 @@ def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
     members = sorted(folder.glob("fold_*.keras"))
     if not members:
         raise InputError(f"{folder}: is a folder without fold_<k>.keras models (a folder "
-                         "model is their ensemble); expected a .keras or .tflite file or such "
-                         "a folder")
+                         "model is their ensemble); expected a .keras or .tflite file, such "
+                         "a folder or an ensemble .json file")
+    return combine(folder, members, precision)
+
+
+def load_manifest(path: Path, precision: str = "fp32") -> Artifact:
+    """The ensemble a ``.json`` manifest names: ``{"format": "unet3d-ensemble",
+    "members": [model paths, relative to the manifest's folder], "postprocessing": plan}``.
+    Its members may be different networks (widths, depths, input strides) trained on the
+    same inputs; the plan is the ensemble's own, chosen on its out-of-fold predictions
+    (without it, the members' plans, which must agree)."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not a readable JSON file ({str(err).splitlines()[0]})"
+                         ) from None
+    if not isinstance(values, dict) or values.get("format") != MANIFEST_FORMAT:
+        raise InputError(f"{path}: not an ensemble manifest (expected a JSON object with "
+                         f'"format": "{MANIFEST_FORMAT}")')
+    names = values.get("members")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise InputError(f'{path}: "members" must be a non-empty list of model paths')
+    members = [path.parent / name for name in names]
+    for member in members:
+        if not member.is_file():
+            raise InputError(f"{path}: member {member} not found")
+    plan = values.get("postprocessing")
+    plan = PostProcessing.from_dict(plan, f"{path} postprocessing") if plan else None
+    return combine(path, members, precision, plan)
+
+
+def combine(source: Path, members: list[Path], precision: str = "fp32",
+            plan: PostProcessing | None = None) -> Artifact:
+    """``members`` as one artifact whose probabilities are the mean of theirs. They must
+    take the same inputs and give the same outputs; where their strides and windows
+    differ the ensemble pads to the coarsest stride and its window is the largest. The
+    plan is ``plan``, else the members' one, on which they must then agree."""
     loaded = [load_artifact(member, precision=precision) for member in members]
     first = loaded[0]
     for other in loaded[1:]:
-        for name in ENSEMBLE_FIELDS:
+        fields = ENSEMBLE_FIELDS + (("stride", "patch_size") if first.fixed_window
+                                    or other.fixed_window else ())
+        for name in fields:
             if getattr(other, name) != getattr(first, name):
                 raise InputError(f"{other.path}: {name} {getattr(other, name)!r} differs from "
                                  f"{first.path.name}'s {getattr(first, name)!r}")
-        if other.postprocessing != first.postprocessing:
+        if plan is None and other.postprocessing != first.postprocessing:
             raise InputError(f"{other.path}: its post-processing plan differs from "
                              f"{first.path.name}'s; store one plan in every member "
                              "(unet3d-campaign oof does)")
     functions = [member.predict_fn for member in loaded]
+    stride = math.lcm(*(member.stride for member in loaded))
+    window = tuple(-(-max(sizes) // stride) * stride
+                   for sizes in zip(*(member.patch_size for member in loaded), strict=True))
 
     def predict_fn(batch):
         total = functions[0](batch).astype("float32")
@@ -132,13 +179,14 @@ def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
             total += fn(batch)
         return total / len(functions)
 
-    return Artifact(path=folder, predict_fn=predict_fn, modalities=first.modalities,
-                    output_mode=first.output_mode, stride=first.stride,
-                    base_filters=first.base_filters,  # the members run in turn
-                    patch_size=first.patch_size, label_convention=first.label_convention,
-                    spatial_dims=first.spatial_dims, precision=precision,
-                    postprocessing=first.postprocessing, normalization=first.normalization,
-                    members=len(loaded))
+    return Artifact(path=source, predict_fn=predict_fn, modalities=first.modalities,
+                    output_mode=first.output_mode, stride=stride,
+                    base_filters=max(m.base_filters for m in loaded),  # the members run in turn
+                    patch_size=window, label_convention=first.label_convention,
+                    spatial_dims=first.spatial_dims, fixed_window=first.fixed_window,
+                    precision=precision,
+                    postprocessing=plan if plan is not None else first.postprocessing,
+                    normalization=first.normalization, members=len(loaded))
 
 
 def with_precision(model, model_config, precision: str):

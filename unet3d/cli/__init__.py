@@ -11,6 +11,7 @@ console script          module                      what it does
 ``unet3d-export``       :mod:`unet3d.cli.export`    LiteRT export (TensorFlow only)
 ``unet3d-postprocess``  :mod:`unet3d.cli.postprocess`  choose and store post-processing
 ``unet3d-campaign``     :mod:`unet3d.cli.campaign`  cross-validation campaign
+``unet3d-ensemble``     :mod:`unet3d.cli.ensemble`  score and ship an ensemble
 ======================  ==========================  ==============================
 """
 
@@ -67,6 +68,10 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
 def campaign_main(argv: Sequence[str] | None = None) -> int:
     return _run("campaign", argv)
+
+
+def ensemble_main(argv: Sequence[str] | None = None) -> int:
+    return _run("ensemble", argv)
 
 
 def postprocess_main(argv: Sequence[str] | None = None) -> int:

@@ -41,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model",
                         help="a .keras model (its run's config inside or config.json beside "
                              "it), an exported LiteRT .tflite (its .tflite.json beside it) or "
-                             "a folder of fold_<k>.keras models (their ensemble); "
+                             "a folder of fold_<k>.keras models (their ensemble) or an "
+                             "ensemble manifest .json naming its member models; "
                              f"default: the shipped models/{DEFAULT_NAME}.keras")
     parser.add_argument("--input", required=True,
                         help="a case folder (four modalities) or a folder of case folders")
@@ -145,7 +146,8 @@ def _segment(args: argparse.Namespace, settings, source: Path, out: Path) -> int
     model = predictor.model
     card = f"; shipped default, see {Path(model.path).with_suffix('.md')}" if shipped else ""
     plan, plan_source = predictor.plan
-    print(f"model: {model.path} ({model.output_mode}, {model.precision}, modalities "
+    ensemble = f", ensemble of {model.members}" if model.members > 1 else ""
+    print(f"model: {model.path} ({model.output_mode}, {model.precision}{ensemble}, modalities "
           f"{', '.join(model.modalities)}{card})")
     print(f"post-processing ({plan_source}): {plan.describe()}")
 

@@ -83,7 +83,11 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
 def model_stamp(path: Path) -> str:
     """Which model file made a prediction: its name, size and CRC-32 (the post-processing
     plan stored later does not count: only the network's weights do; a LiteRT file: the
-    whole file)."""
+    whole file; an ensemble manifest: its members')."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        members = json.loads(path.read_text())["members"]
+        return f"{path.name}[{','.join(model_stamp(path.parent / m) for m in members)}]"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             weights = archive.read("model.weights.h5")
