@@ -1,5 +1,6 @@
-"""The shipped Kaggle LGG models on the real patients: the 2D U-Net (models/lgg_unet2d) and
-its 64 KB edge version's int8 LiteRT file, through predict.py."""
+"""The shipped Kaggle LGG models on the real patients: the 2D U-Net (models/lgg_unet2d), its
+ensemble with a second network (models/lgg_unet2d_ensemble.json) and its 64 KB edge
+version's int8 LiteRT file, through predict.py."""
 
 from __future__ import annotations
 
@@ -24,8 +25,15 @@ REPO = REPO_MODELS.parent
 MODEL = REPO_MODELS / "lgg_unet2d.keras"
 EDGE = REPO_MODELS / "lgg_unet2d_edge.keras"
 EDGE_INT8 = REPO_MODELS / "lgg_unet2d_edge_int8.tflite"
+ENSEMBLE = REPO_MODELS / "lgg_unet2d_ensemble.json"
 OOF = {MODEL: REPO / "campaigns" / "lgg_b16_cv5" / "oof.json",
-       EDGE: REPO / "campaigns" / "lgg_edge_s2_cv5" / "oof.json"}
+       EDGE: REPO / "campaigns" / "lgg_edge_s2_cv5" / "oof.json",
+       ENSEMBLE: REPO / "campaigns" / "lgg_ensemble_cv5" / "oof.json"}
+
+
+def oof_report(model) -> dict:
+    report = json.loads(OOF[model].read_text())
+    return report["reports"]["ensemble"] if model == ENSEMBLE else report
 
 
 def segment(model, patient_dir, out, capsys) -> tuple[float, np.ndarray]:
@@ -60,12 +68,27 @@ def test_shipped_lgg_files_load_safely_with_card_config_split(model):
     assert f"{loaded.count_params():,} parameters" in card
 
 
-@pytest.mark.parametrize("model", [MODEL, EDGE], ids=["lgg_unet2d", "lgg_unet2d_edge"])
+def test_shipped_lgg_ensemble_is_the_shipped_model_and_lgg_b16_s2_cv5s_final_model():
+    """The manifest names the two networks' final models and carries the plan chosen on
+    the ensemble's out-of-fold predictions of all 21 patients."""
+    values = json.loads(ENSEMBLE.read_text())
+    assert values["members"] == ["lgg_unet2d.keras", "lgg_b16_s2_cv5/all.keras"]
+    report = json.loads(OOF[ENSEMBLE].read_text())
+    assert report["members"] == ["models/lgg_b16_cv5/fold_{fold}.keras",
+                                 "models/lgg_b16_s2_cv5/fold_{fold}.keras"]
+    ensemble = oof_report(ENSEMBLE)
+    assert values["postprocessing"] == ensemble["plan_values"]
+    assert len(ensemble["cases"]) == 21 and values["postprocessing"]["mirroring"]
+    assert ENSEMBLE.with_suffix(".md").is_file()
+
+
+@pytest.mark.parametrize("model", [MODEL, EDGE, ENSEMBLE],
+                         ids=["lgg_unet2d", "lgg_unet2d_edge", "lgg_unet2d_ensemble"])
 def test_shipped_lgg_model_segments_a_real_patient(model, tmp_path, capsys):
     """A patient the model trained on: at least about what the fold model that never saw
     it scored out of fold (a guard against a broken file; the card has the evaluation).
     The patient that fold model scored best on, so that the bar is a high one."""
-    oof = json.loads(OOF[model].read_text())
+    oof = oof_report(model)
     patient_id = max(oof["cases"], key=lambda c: oof["cases"][c]["postprocessed"]["Dice_WT"])
     dice, _ = segment(model, require_lgg() / patient_id, tmp_path, capsys)
     assert dice > oof["cases"][patient_id]["postprocessed"]["Dice_WT"] - 0.05
