@@ -13,10 +13,11 @@ import pytest
 from data_generators.synthetic import write_synthetic_dataset
 from unet3d.artifacts import load_artifact
 from unet3d.artifacts.keras_file import save_model
-from unet3d.artifacts.plan_file import write_plan
+from unet3d.artifacts.plan_file import read_plan, write_plan
 from unet3d.config import ModelConfig, TrainConfig
 from unet3d.models.unet import build_unet3d
 from unet3d.postprocessing import PostProcessing
+from unet3d.training.oof import model_stamp
 from unet3d_base.errors import InputError
 
 CONFIG = TrainConfig(model=ModelConfig(base_filters=4, depth=3, dropout=0.0),
@@ -126,9 +127,60 @@ def test_bad_manifests_are_refused(tmp_path):
            "missing.json": ('{"format": "unet3d-ensemble", "members": ["a.keras", "b.keras"]}',
                             "member .*b.keras not found"),
            "mixed.json": ('{"format": "unet3d-ensemble", "members": ["a.keras", "t1.keras"]}',
-                          r"t1.keras: modalities \('t1',\) differs from a.keras's")}
+                          r"t1.keras: modalities \('t1',\) differs from .*a.keras's"),
+           "nested.json": ('{"format": "unet3d-ensemble", "members": ["a.keras", "e.json"]}',
+                           "member .*e.json is not a .keras or .tflite file"),
+           "folder.json": ('{"format": "unet3d-ensemble", "members": ["a.keras", "d.keras"]}',
+                           "member .*d.keras not found"),
+           "plan.json": ('{"format": "unet3d-ensemble", "members": ["a.keras"], '
+                         '"postprocessing": []}', '"postprocessing" must be a plan')}
+    (tmp_path / "d.keras").mkdir()  # a folder, not a model file
     for name, (text, message) in bad.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(InputError, match=f"{name if name != 'mixed.json' else ''}.*"
                                              f"{message}"):
             load_artifact(tmp_path / name)
+        if name != "mixed.json":  # what oof keys its stored predictions on: refused alike
+            with pytest.raises(InputError, match=message):
+                model_stamp(tmp_path / name)
+
+
+def test_a_manifests_plan_is_read_and_written_in_it(tmp_path):
+    member(tmp_path / "a.keras", 0, config=SLICES)
+    manifest = write_manifest(tmp_path / "e.json", ["a.keras"])
+    assert read_plan(manifest) is None
+    plan = PostProcessing(largest_component=True, et_min_voxels=0, chosen_on=["x"])
+    write_plan(manifest, plan)
+    assert read_plan(manifest) == plan and load_artifact(manifest).postprocessing == plan
+    assert json.loads(manifest.read_text())["members"] == ["a.keras"]
+
+
+def test_manifest_stamp_follows_its_members_weights(tmp_path):
+    member(tmp_path / "a.keras", 0, config=SLICES)
+    member(tmp_path / "b.keras", 1, config=SLICES)
+    manifest = write_manifest(tmp_path / "e.json", ["a.keras", "b.keras"])
+    before = model_stamp(manifest)
+    member(tmp_path / "b.keras", 2, config=SLICES)  # b retrained: other weights
+    after = model_stamp(manifest)
+    assert after != before
+    write_manifest(manifest, ["a.keras", "b.keras"], PostProcessing(et_min_voxels=0))
+    assert model_stamp(manifest) == after  # the plan does not count, only the weights
+
+
+@pytest.mark.slow
+def test_a_litert_member_fixes_the_window_of_the_ensemble(tmp_path):
+    from unet3d.export import export_litert
+
+    keras_model = member(tmp_path / "a.keras", 0, config=SLICES)
+    export_litert(keras_model, tmp_path / "a.tflite", precision="fp32", window=(32, 32),
+                  calibration=[np.zeros((1, 32, 32, 1), np.float32)],
+                  config=SLICES.to_dict())
+    write_plan(tmp_path / "a.tflite", PostProcessing(et_min_voxels=200))
+    both = load_artifact(write_manifest(tmp_path / "e.json", ["a.keras", "a.tflite"]))
+    assert both.fixed_window and both.patch_size == (32, 32) and both.precision == "fp32"
+    wide = dataclasses.replace(SLICES, patch_size=(64, 64))
+    member(tmp_path / "w.keras", 1, config=wide)
+    for members in (["w.keras", "a.tflite"], ["a.tflite", "a.keras", "w.keras"]):
+        with pytest.raises(InputError, match=r"w.keras: patch_size \(64, 64\) differs from "
+                                             r".*a.tflite's \(32, 32\), a LiteRT file"):
+            load_artifact(write_manifest(tmp_path / "bad.json", members))

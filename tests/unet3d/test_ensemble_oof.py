@@ -39,14 +39,16 @@ def setup(tmp_path_factory):
     split = [{"train": patients[2:], "val": patients[:2]},
              {"train": patients[:2], "val": patients[2:]}]
     (root / "split.json").write_text(json.dumps(split))
-    for name, seed in (("a", 1), ("b", 2), ("a_copy", 1)):
+    t1 = CONFIG.replace(modalities=("t1",))
+    for name, seed, config in (("a", 1, CONFIG), ("b", 2, CONFIG), ("a_copy", 1, CONFIG),
+                               ("t1", 3, t1)):
         (root / name).mkdir()
         for k in range(2):
             keras.utils.set_random_seed(seed * 10 + k)
-            save_model(build_unet3d(CONFIG.model), root / name / f"fold_{k}.keras",
-                       CONFIG.to_dict())
+            save_model(build_unet3d(config.model), root / name / f"fold_{k}.keras",
+                       config.to_dict())
         keras.utils.set_random_seed(seed * 100)
-        save_model(build_unet3d(CONFIG.model), root / name / "all.keras", CONFIG.to_dict())
+        save_model(build_unet3d(config.model), root / name / "all.keras", config.to_dict())
     return root, data, split
 
 
@@ -106,11 +108,16 @@ def test_ensemble_segments_with_the_mean_of_its_members_and_ships_a_manifest(set
     (["a", "b"], ["--final", "x.keras"], "--manifest and --final go together"),
     (["a", "b"], ["--final", "x.keras", "--manifest", "m.json"], "names 1 models for 2"),
     (["a", "missing"], [], r"missing/fold_0.keras: member model not found"),
+    (["a", "b"], ["--final", "{root}/a/all.keras", "{root}/b/all.keras", "--manifest",
+                  "m.keras"], "m.keras: an ensemble manifest's name ends in .json"),
+    (["a", "b"], ["--final", "{root}/a/all.keras", "{root}/t1/all.keras", "--manifest",
+                  "m.json"], r"t1/all.keras: modalities \('t1',\) differs"),
 ])
 def test_bad_arguments_end_in_one_line_and_write_nothing(setup, capsys, members, extra,
                                                          message):
     root, data, _ = setup
     out = root / "refused" / message[:4]
+    extra = [e.format(root=root) for e in extra]
     assert run(root, data, members, *extra, out=out) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("unet3d-ensemble: error:")

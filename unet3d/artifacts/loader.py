@@ -16,7 +16,6 @@ ensembles its configurations.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import keras
 
 from unet3d.artifacts.keras_file import load_model, read_model_config
 from unet3d.artifacts.litert_file import LiteRTModel, report_path
+from unet3d.artifacts.manifest import read_manifest
 from unet3d.artifacts.plan_file import read_plan
 from unet3d.config import TrainConfig
 from unet3d.models.forward import keras_predict_fn
@@ -108,7 +108,6 @@ def load_artifact(path: str | Path, threads: int = 2, precision: str = "fp32") -
 
 ENSEMBLE_FIELDS = ("modalities", "output_mode", "label_convention", "spatial_dims",
                    "normalization")
-MANIFEST_FORMAT = "unet3d-ensemble"
 
 
 def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
@@ -124,50 +123,40 @@ def load_ensemble(folder: Path, precision: str = "fp32") -> Artifact:
 
 
 def load_manifest(path: Path, precision: str = "fp32") -> Artifact:
-    """The ensemble a ``.json`` manifest names: ``{"format": "unet3d-ensemble",
-    "members": [model paths, relative to the manifest's folder], "postprocessing": plan}``.
-    Its members may be different networks (widths, depths, input strides) trained on the
-    same inputs; the plan is the ensemble's own, chosen on its out-of-fold predictions
-    (without it, the members' plans, which must agree)."""
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable JSON file ({str(err).splitlines()[0]})"
-                         ) from None
-    if not isinstance(values, dict) or values.get("format") != MANIFEST_FORMAT:
-        raise InputError(f"{path}: not an ensemble manifest (expected a JSON object with "
-                         f'"format": "{MANIFEST_FORMAT}")')
-    names = values.get("members")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise InputError(f'{path}: "members" must be a non-empty list of model paths')
-    members = [path.parent / name for name in names]
-    for member in members:
-        if not member.is_file():
-            raise InputError(f"{path}: member {member} not found")
-    plan = values.get("postprocessing")
-    plan = PostProcessing.from_dict(plan, f"{path} postprocessing") if plan else None
+    """The ensemble a ``.json`` manifest names (:func:`read_manifest`). Its members may be
+    different networks (widths, depths, input strides) trained on the same inputs; the
+    plan is the ensemble's own, chosen on its out-of-fold predictions (without it, the
+    members' plans, which must agree)."""
+    members, plan = read_manifest(path)
     return combine(path, members, precision, plan)
 
 
 def combine(source: Path, members: list[Path], precision: str = "fp32",
             plan: PostProcessing | None = None) -> Artifact:
     """``members`` as one artifact whose probabilities are the mean of theirs. They must
-    take the same inputs and give the same outputs; where their strides and windows
-    differ the ensemble pads to the coarsest stride and its window is the largest. The
-    plan is ``plan``, else the members' one, on which they must then agree."""
+    take the same inputs and give the same outputs. Where their strides and windows
+    differ the ensemble pads to the least common multiple of the strides and its window
+    is the largest, rounded up to it; LiteRT files take one window only, so a member
+    that is one fixes the stride and window every other member must have. The plan is
+    ``plan``, else the members' one, on which they must then agree."""
     loaded = [load_artifact(member, precision=precision) for member in members]
     first = loaded[0]
+    fixed = [m for m in loaded if m.fixed_window]
     for other in loaded[1:]:
-        fields = ENSEMBLE_FIELDS + (("stride", "patch_size") if first.fixed_window
-                                    or other.fixed_window else ())
-        for name in fields:
+        for name in ENSEMBLE_FIELDS:
             if getattr(other, name) != getattr(first, name):
                 raise InputError(f"{other.path}: {name} {getattr(other, name)!r} differs from "
-                                 f"{first.path.name}'s {getattr(first, name)!r}")
+                                 f"{first.path}'s {getattr(first, name)!r}")
         if plan is None and other.postprocessing != first.postprocessing:
             raise InputError(f"{other.path}: its post-processing plan differs from "
-                             f"{first.path.name}'s; store one plan in every member "
+                             f"{first.path}'s; store one plan in every member "
                              "(unet3d-campaign oof does)")
+    for other in loaded:
+        for name in ("stride", "patch_size") if fixed else ():
+            if getattr(other, name) != getattr(fixed[0], name):
+                raise InputError(f"{other.path}: {name} {getattr(other, name)!r} differs from "
+                                 f"{fixed[0].path}'s {getattr(fixed[0], name)!r}, a LiteRT "
+                                 "file that takes that window only")
     functions = [member.predict_fn for member in loaded]
     stride = math.lcm(*(member.stride for member in loaded))
     window = tuple(-(-max(sizes) // stride) * stride
@@ -183,8 +172,8 @@ def combine(source: Path, members: list[Path], precision: str = "fp32",
                     output_mode=first.output_mode, stride=stride,
                     base_filters=max(m.base_filters for m in loaded),  # the members run in turn
                     patch_size=window, label_convention=first.label_convention,
-                    spatial_dims=first.spatial_dims, fixed_window=first.fixed_window,
-                    precision=precision,
+                    spatial_dims=first.spatial_dims, fixed_window=bool(fixed),
+                    precision="litert" if len(fixed) == len(loaded) else precision,
                     postprocessing=plan if plan is not None else first.postprocessing,
                     normalization=first.normalization, members=len(loaded))
 

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from unet3d.artifacts.litert_file import report_path
+from unet3d.artifacts.manifest import read_manifest
 from unet3d.postprocessing import PostProcessing
 from unet3d_base.fileio import atomic_path, atomic_write_text
 
@@ -22,8 +23,11 @@ PLAN_ENTRY = "unet3d_postprocessing.json"
 
 
 def read_plan(model_path: str | Path) -> PostProcessing | None:
-    """The plan stored with a ``.keras`` or ``.tflite`` model, or None."""
+    """The plan stored with a ``.keras`` or ``.tflite`` model or in an ensemble manifest
+    (``.json``), or None."""
     path = Path(model_path)
+    if path.suffix.lower() == ".json":
+        return read_manifest(path)[1]
     if path.suffix.lower() == ".tflite":
         report = report_path(path)
         if not report.is_file():
@@ -44,8 +48,14 @@ def read_plan(model_path: str | Path) -> PostProcessing | None:
 
 
 def write_plan(model_path: str | Path, plan: PostProcessing) -> None:
-    """Stores ``plan`` with the model, replacing any earlier one, atomically."""
+    """Stores ``plan`` with the model (or in the ensemble manifest), replacing any earlier
+    one, atomically."""
     path = Path(model_path)
+    if path.suffix.lower() == ".json":
+        values = json.loads(path.read_text())
+        values["postprocessing"] = plan.to_dict()
+        atomic_write_text(path, json.dumps(values, indent=1) + "\n")
+        return
     if path.suffix.lower() == ".tflite":
         report = report_path(path)
         values = json.loads(report.read_text()) if report.is_file() else {}

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_generators.lgg import is_lgg_root
+from unet3d.artifacts.loader import combine
 from unet3d.postprocessing import PostProcessing
 from unet3d.training.ensemble import ensemble_out_of_fold, summary_table, write_manifest
 from unet3d.training.oof import REGIONS
@@ -70,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
         if len(args.final) != len(args.members):
             raise InputError(f"--final names {len(args.final)} models for "
                              f"{len(args.members)} members")
+        if args.manifest.suffix.lower() != ".json":
+            raise InputError(f"{args.manifest}: an ensemble manifest's name ends in .json")
         for path in args.final:
             if not path.is_file():
                 raise InputError(f"{path}: final model not found")
+        combine(args.manifest, list(args.final))  # they must make one ensemble: refused now
     split = read_split(args.split)
     regions = tuple(args.regions)
     reports = ensemble_out_of_fold(split, args.members, args.data, args.out, regions,

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unet3d.artifacts.loader import MANIFEST_FORMAT
+from unet3d.artifacts.manifest import MANIFEST_FORMAT
 from unet3d.postprocessing import PostProcessing
 from unet3d.training.oof import out_of_fold_report, predict_out_of_fold
 from unet3d_base.errors import InputError
@@ -32,8 +32,8 @@ def fold_models(template: str, folds: int) -> dict[int, Path]:
                          "(models/<campaign>/fold_{fold}.keras)")
     models = {k: Path(template.replace("{fold}", str(k))) for k in range(folds)}
     for path in models.values():
-        if not path.exists():
-            raise InputError(f"{path}: member model not found")
+        if not path.is_file():
+            raise InputError(f"{path}: member model not found (a .keras or .tflite file)")
     return models
 
 

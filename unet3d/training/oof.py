@@ -22,6 +22,7 @@ from data_generators.labels import classes_to_regions
 from data_generators.layouts import find_any_case
 from data_generators.preprocessing import preprocess_case
 from unet3d.artifacts import load_artifact
+from unet3d.artifacts.manifest import read_manifest
 from unet3d.evaluation.scores import dice, hd95
 from unet3d.inference.pipeline import probabilities_to_classes
 from unet3d.inference.predictor import WindowPredictor
@@ -50,9 +51,9 @@ def predict_out_of_fold(split: list[dict[str, list[str]]], models: dict[int, Pat
         if k not in models:
             continue
         model = None
+        made_by = model_stamp(models[k]) + (":mirrored" if mirroring else "")
         for case_id in fold["val"]:
             path = out_dir / f"{case_id}.npz"
-            made_by = model_stamp(models[k]) + (":mirrored" if mirroring else "")
             if path.is_file():
                 with np.load(path) as stored:
                     if "model" in stored and str(stored["model"]) == made_by:
@@ -86,8 +87,7 @@ def model_stamp(path: Path) -> str:
     whole file; an ensemble manifest: its members')."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        members = json.loads(path.read_text())["members"]
-        return f"{path.name}[{','.join(model_stamp(path.parent / m) for m in members)}]"
+        return f"{path.name}[{','.join(model_stamp(m) for m in read_manifest(path)[0])}]"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             weights = archive.read("model.weights.h5")
