@@ -22,6 +22,7 @@ from pathlib import Path
 from data_generators.lgg import is_lgg_root
 from unet3d.artifacts.loader import combine
 from unet3d.postprocessing import PostProcessing
+from unet3d.training.campaign_plan import read_split_file
 from unet3d.training.ensemble import ensemble_out_of_fold, summary_table, write_manifest
 from unet3d.training.oof import REGIONS
 from unet3d_base.errors import InputError
@@ -52,18 +53,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(None if argv is None else list(argv))
 
 
-def read_split(path: Path) -> list[dict[str, list[str]]]:
-    try:
-        split = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not a readable JSON file ({str(err).splitlines()[0]})"
-                         ) from None
-    if not isinstance(split, list) or not split or not all(
-            isinstance(f, dict) and isinstance(f.get("val"), list) for f in split):
-        raise InputError(f"{path}: not a split (expected a list of {{train, val}} folds)")
-    return split
-
-
 def run(args: argparse.Namespace) -> int:
     if (args.manifest is None) != (args.final is None):
         raise InputError("--manifest and --final go together")
@@ -73,11 +62,8 @@ def run(args: argparse.Namespace) -> int:
                              f"{len(args.members)} members")
         if args.manifest.suffix.lower() != ".json":
             raise InputError(f"{args.manifest}: an ensemble manifest's name ends in .json")
-        for path in args.final:
-            if not path.is_file():
-                raise InputError(f"{path}: final model not found")
         combine(args.manifest, list(args.final))  # they must make one ensemble: refused now
-    split = read_split(args.split)
+    split = read_split_file(args.split)
     regions = tuple(args.regions)
     reports = ensemble_out_of_fold(split, args.members, args.data, args.out, regions,
                                    slices=is_lgg_root(args.data), mirroring=args.mirroring)

@@ -77,13 +77,22 @@ def make_split(case_ids: list[str], folds: int, seed: int) -> list[dict[str, lis
 
 
 def read_split(campaign: dict[str, Any]) -> list[dict[str, list[str]]]:
-    """The campaign's split, checked: each fold's sets are disjoint, the validation sets
-    are disjoint and each fold trains on all the other cases."""
-    path = campaign["_split"]
+    """The campaign's split, checked (:func:`read_split_file`)."""
+    return read_split_file(campaign["_split"])
+
+
+def read_split_file(path: Path) -> list[dict[str, list[str]]]:
+    """A split file (a list of ``{"train": [...], "val": [...]}`` folds), checked: each
+    fold's sets are disjoint, the validation sets are disjoint and each fold trains on
+    all the other cases."""
     try:
         split = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable split ({err})") from None
+    if not isinstance(split, list) or not split or not all(
+            isinstance(f, dict) and isinstance(f.get("train"), list)
+            and isinstance(f.get("val"), list) for f in split):
+        raise InputError(f"{path}: not a split (expected a list of {{train, val}} folds)")
     every = set().union(*(set(f["train"]) | set(f["val"]) for f in split))
     seen: set[str] = set()
     for k, fold in enumerate(split):
