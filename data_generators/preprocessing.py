@@ -24,6 +24,23 @@ MAX_FOREGROUND = 20000
 Box = tuple[tuple[int, int], ...]
 
 
+# a voxel's channel flags (1 byte each) read as one unsigned integer: non-zero when any is
+_FLAGS_AS_INT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def nonzero_voxels(image: np.ndarray) -> np.ndarray:
+    """``(X, Y, Z)`` bool: the voxels non-zero in any channel of ``(X, Y, Z, C)`` (or in
+    ``(X, Y, Z)``). Equal to ``(image != 0).any(axis=-1)``, ~10x faster for 4 channels
+    (NumPy reduces a short last axis slowly)."""
+    flags = np.asarray(image) != 0
+    if flags.ndim != 4:
+        return flags
+    as_int = _FLAGS_AS_INT.get(flags.shape[-1])
+    if as_int is None or not flags.flags.c_contiguous:
+        return flags.any(axis=-1)
+    return flags.view(as_int)[..., 0] != 0
+
+
 def brain_bbox(image: np.ndarray) -> Box:
     """Bounding box of the voxels non-zero in any modality.
 
@@ -36,9 +53,7 @@ def brain_bbox(image: np.ndarray) -> Box:
     Raises:
         ValueError: if every voxel is zero.
     """
-    mask = np.asarray(image) != 0
-    if mask.ndim == 4:
-        mask = mask.any(axis=-1)
+    mask = nonzero_voxels(image)
     if not mask.any():
         raise ValueError("image is all zero: no brain to crop to")
     box = []
@@ -91,7 +106,7 @@ def preprocess_case(
     """
     box = brain_bbox(image)
     cropped = crop(image, box)
-    mask = (cropped != 0).any(axis=-1)
+    mask = nonzero_voxels(cropped)
     out = normalize(cropped, mask, normalization)
     lab = None if label is None else np.ascontiguousarray(crop(label, box), dtype=np.uint8)
     return out, lab, box

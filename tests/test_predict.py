@@ -100,6 +100,26 @@ def test_oracle_with_2023_labels(real_case, tmp_path):
     np.testing.assert_array_equal(written, expected)
 
 
+def test_a_broken_label_map_beside_the_images_is_not_read(real_case, tmp_path):
+    """predict.py scores a BraTS folder's label map only through --gt: an unreadable one
+    beside the four images neither stops the case nor changes its segmentation."""
+    case = tmp_path / CASE
+    case.mkdir()
+    for path in real_case.iterdir():
+        if not path.name.endswith("_seg.nii.gz"):
+            (case / path.name).symlink_to(path)
+    (case / f"{CASE}_seg.nii.gz").write_bytes(b"not a NIfTI file")
+    settings = PredictSettings(mode="whole", postprocess=False)
+    model = oracle_model(real_case)
+    predict_case(case, tmp_path / "out", model, settings)
+    predict_case(real_case, tmp_path / "reference", model, settings)
+    written = np.asarray(nib.load(tmp_path / "out" / f"{CASE}.nii.gz").dataobj)
+    truth = np.asarray(nib.load(real_case / f"{CASE}_seg.nii.gz").dataobj)
+    np.testing.assert_array_equal(written, truth)
+    np.testing.assert_array_equal(
+        written, np.asarray(nib.load(tmp_path / "reference" / f"{CASE}.nii.gz").dataobj))
+
+
 def test_small_enhancing_tumor_becomes_necrosis(real_case, tmp_path):
     truth = np.asarray(nib.load(real_case / f"{CASE}_seg.nii.gz").dataobj)
     et = int((truth == 4).sum())

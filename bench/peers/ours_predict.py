@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from unet3d.env import prepare_backend
@@ -70,6 +71,7 @@ def segment(case_dir: Path, out_dir: Path, model, settings, calls: list[float]) 
     start = time.perf_counter()
     layout = layout_of(case_dir)
     case = layout.find_case(case_dir, model.modalities, require_label=False)
+    case = case if layout.own_masks else replace(case, label=None)  # as predict_case
     image, _, properties, geometry = load_case_for_model(case)
     read = time.perf_counter()
     cropped = crop_for_model(image, model, str(case.images[0]))

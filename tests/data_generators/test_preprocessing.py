@@ -18,6 +18,7 @@ from data_generators.preprocessing import (
     brain_bbox,
     crop,
     foreground_coords,
+    nonzero_voxels,
     preprocess_case,
     uncrop,
     zscore_in_mask,
@@ -81,6 +82,22 @@ def test_brain_bbox_small():
     assert brain_bbox(image[..., 0]) == ((1, 2), (2, 3), (3, 4))
     with pytest.raises(ValueError, match="all zero"):
         brain_bbox(np.zeros((3, 3, 3, 1)))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5, 8])
+def test_nonzero_voxels_is_any_channel_nonzero(channels):
+    """Every channel count, a view with gaps, and -0.0 (zero) against NaN and
+    subnormals (not zero): the voxels ``(image != 0).any(-1)`` keeps."""
+    rng = np.random.default_rng(channels)
+    image = rng.choice(np.array([0.0, -0.0, 1.5, -2.0, 1e-40, np.nan], np.float32),
+                       size=(7, 6, 9, channels), p=[0.5, 0.3, 0.05, 0.05, 0.05, 0.05])
+    for array in (image, image[1:6, ::2, 2:], image[..., 0]):
+        expected = array != 0
+        expected = expected.any(axis=-1) if array.ndim == 4 else expected
+        got = nonzero_voxels(array)
+        assert got.dtype == bool and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    assert 0 < nonzero_voxels(image).sum() < image.shape[0] * image.shape[1] * image.shape[2]
 
 
 def test_uncrop_fill_and_channels():

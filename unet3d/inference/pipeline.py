@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +245,9 @@ def predict_case(case_dir: str | Path, out_dir: str | Path, model: Artifact,
         raise InputError(f"{paths['segmentation']}: exists; pass --overwrite to replace it")
     if memory_saving():  # the loader's threads free their read buffers for good
         return_freed_heap_tops()
+    if not layout.own_masks:  # a BraTS folder's label map is scored by --gt, not read here
+        case = replace(case, label=None)
     image, truth, properties, geometry = load_case_for_model(case)  # LPS, 1 mm
-    truth = truth if layout.own_masks else None  # a BraTS folder's is scored by --gt
     # only the preview needs the raw scan
     flair = model.modalities.index("flair") if "flair" in model.modalities else -1
     preview_image = image[..., flair].copy() if settings.preview else None
